@@ -1,0 +1,47 @@
+# Two commands for a fresh clone:  `make run` (whole pipeline on the built-in data)  and  `make test`.
+# Both create the virtualenv from the committed lock file first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help venv run test lint params venv-lean realtime-size clean-outputs
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check uv==0.13.9
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $@
+
+venv: $(BIN)/.installed  ## create .venv from requirements.lock
+
+run: venv  ## the whole pipeline (prepare, train, quantize, benchmark, evaluate) on the default data
+	dvc repro
+	@dvc metrics show
+
+test: venv  ## the test suite (unit + integration with real dvc and mlflow processes)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: venv  ## ruff
+	$(BIN)/ruff check .
+
+params: venv  ## regenerate params.yaml from conf/ (the default composition)
+	$(BIN)/python -m pipeline.config
+
+lock:  ## re-resolve the lock files from pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra train --extra dev --python-version 3.11 -q -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 -q -o requirements-realtime.lock
+
+venv-lean: .venv-lean/.installed  ## the realtime runner alone: no TensorFlow
+
+.venv-lean/.installed: requirements-realtime.lock pyproject.toml
+	$(PYTHON) -m venv .venv-lean
+	.venv-lean/bin/pip install -q --disable-pip-version-check uv==0.13.9
+	.venv-lean/bin/uv pip install -q --python .venv-lean/bin/python -r requirements-realtime.lock
+	.venv-lean/bin/uv pip install -q --python .venv-lean/bin/python --no-deps -e .
+	touch $@

@@ -1,0 +1,364 @@
+"""Typed schemas for params.yaml and the loader every stage starts with.
+
+`dvc exp run` composes the Hydra tree in `conf/` into `params.yaml`; plain `dvc repro` reads the committed
+file. Either way the stages only ever see `params.yaml`, so this is where a typo must be caught: before a
+two-hour training, not after it. The YAML files in `conf/` hold the values (one source of defaults); the
+dataclasses below hold only types and bounds, so a missing key is an error rather than a silent default.
+
+Errors come out as one line naming the file and the dotted key, e.g.
+``params.yaml: train.lr = -1.0: must be > 0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+PARAMS_FILE = Path("params.yaml")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a config file; its message is the one line a user sees."""
+
+
+def _bounded(ge: float | None = None, gt: float | None = None, le: float | None = None,
+             lt: float | None = None) -> Any:
+    """A required field with numeric bounds, checked by `validate` after OmegaConf has checked the type."""
+    return field(default=MISSING, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
+
+
+def _required() -> Any:
+    return field(default=MISSING)
+
+
+# ---------------------------------------------------------------- data
+class Source(StrEnum):
+    synthetic = "synthetic"
+    fer2013 = "fer2013"
+    fer2013_csv = "fer2013_csv"
+
+
+class Protocol(StrEnum):
+    auto = "auto"
+    official = "official"
+    holdout = "holdout"
+
+
+@dataclass
+class DataConfig:
+    source: Source = _required()
+    path: str = _required()
+    protocol: Protocol = _required()
+    val_fraction: float = _bounded(gt=0.0, lt=1.0)
+    seed: int = _required()
+
+    @property
+    def family(self) -> str:
+        """The dataset family in registered model names: a CSV and a folder of FER2013 are the same data."""
+        return "synthetic" if self.source == Source.synthetic else "fer2013"
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    n_train: int = _bounded(ge=70)
+    n_test: int = _bounded(ge=7)
+    noise: float = _bounded(ge=0.0, le=1.0)
+    max_rotation: float = _bounded(ge=0.0, le=90.0)
+
+
+@dataclass
+class FileDataConfig(DataConfig):
+    max_skipped_fraction: float = _bounded(ge=0.0, le=1.0)
+
+
+DATA_SCHEMAS: dict[str, type[DataConfig]] = {
+    Source.synthetic: SyntheticDataConfig,
+    Source.fer2013: FileDataConfig,
+    Source.fer2013_csv: FileDataConfig,
+}
+
+
+# ---------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = _required()
+    tta_flip: bool = _required()
+
+
+@dataclass
+class SeedCNNConfig(ModelConfig):
+    """The seed project's CNN, exactly; only its dropout rates are exposed."""
+
+    conv_dropout: float = _bounded(ge=0.0, lt=1.0)
+
+
+@dataclass
+class ConvNetConfig(ModelConfig):
+    """A BN-ReLU VGG-style net: `filters` per stage, `convs_per_stage` convs, max-pool between stages."""
+
+    filters: list[int] = _required()
+    convs_per_stage: int = _bounded(ge=1, le=4)
+    stem_stride: int = _bounded(ge=1, le=2)
+    separable: bool = _required()
+    dense: int = _bounded(ge=0)
+    dropout: float = _bounded(ge=0.0, lt=1.0)
+
+
+MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
+    "seed_cnn": SeedCNNConfig,
+    "convnet": ConvNetConfig,
+}
+
+
+# ---------------------------------------------------------------- train
+class Optimizer(StrEnum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class Schedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"
+    onecycle = "onecycle"
+
+
+class ClassWeight(StrEnum):
+    none = "none"
+    balanced = "balanced"
+    sqrt = "sqrt"
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = _required()
+    shift: float = _bounded(ge=0.0, le=0.5)
+    rotation: float = _bounded(ge=0.0, le=0.5)
+    zoom: float = _bounded(ge=0.0, lt=1.0)
+    brightness: float = _bounded(ge=0.0, le=1.0)
+    contrast: float = _bounded(ge=0.0, lt=1.0)
+    mixup: float = _bounded(ge=0.0, le=1.0)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _bounded(ge=1)
+    batch_size: int = _bounded(ge=1)
+    optimizer: Optimizer = _required()
+    lr: float = _bounded(gt=0.0)
+    weight_decay: float = _bounded(ge=0.0)
+    momentum: float = _bounded(ge=0.0, lt=1.0)
+    schedule: Schedule = _required()
+    warmup_epochs: int = _bounded(ge=0)
+    label_smoothing: float = _bounded(ge=0.0, lt=1.0)
+    class_weight: ClassWeight = _required()
+    early_stopping_patience: int = _bounded(ge=0)
+    seed: int = _required()
+    deterministic: bool = _required()
+    max_train_samples: int = _bounded(ge=0)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+# ---------------------------------------------------------------- quantize / benchmark / evaluate
+class Variant(StrEnum):
+    float32 = "float32"
+    float16 = "float16"
+    dynamic = "dynamic"
+    int8 = "int8"
+
+
+class Metric(StrEnum):
+    accuracy = "accuracy"
+    macro_f1 = "macro_f1"
+
+
+@dataclass
+class QuantizeConfig:
+    variants: list[Variant] = _required()
+    register: Variant = _required()
+    representative_samples: int = _bounded(ge=1)
+    model_name: str = _required()
+
+
+class Detector(StrEnum):
+    blazeface = "blazeface"
+    haar = "haar"
+
+
+@dataclass
+class BenchmarkConfig:
+    runs: int = _bounded(ge=1)
+    warmup: int = _bounded(ge=0)
+    keras_runs: int = _bounded(ge=1)
+    detector: Detector = _required()
+
+
+@dataclass
+class EvaluateConfig:
+    promote_metric: Metric = _required()
+    sample_grid: int = _bounded(ge=0, le=100)
+    baseline_samples: int = _bounded(ge=0)
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str | None = _required()
+    experiment_name: str = _required()
+    timeout_s: float = _bounded(gt=0.0)
+    retries: int = _bounded(ge=0)
+
+
+@dataclass
+class Params:
+    """The whole params.yaml, as the stages see it."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    quantize: QuantizeConfig
+    benchmark: BenchmarkConfig
+    evaluate: EvaluateConfig
+    mlflow: MlflowConfig
+
+
+# ---------------------------------------------------------------- loading
+def _check_bounds(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_bounds(value, key)
+            continue
+        limits = [(op, f.metadata.get(op)) for op in ("ge", "gt", "le", "lt")]
+        for op, limit in limits:
+            if limit is None or isinstance(value, bool):
+                continue
+            ok = {"ge": value >= limit, "gt": value > limit, "le": value <= limit, "lt": value < limit}[op]
+            if not ok:
+                allowed = " and ".join(
+                    f"{dict(ge='>=', gt='>', le='<=', lt='<')[o]} {lim}" for o, lim in limits if lim is not None
+                )
+                raise ConfigError(f"{key} = {value!r}: must be {allowed}")
+
+
+def _pick_schema(raw: DictConfig, section: str, key: str, schemas: dict[str, type]) -> type:
+    choice = raw.get(key) if isinstance(raw, DictConfig) else None
+    if choice not in schemas:
+        raise ConfigError(f"{section}.{key} = {choice!r}: must be one of {', '.join(schemas)}")
+    return schemas[choice]
+
+
+def validate_section(raw: Any, section: str, schema: type) -> Any:
+    """Merge one raw section into its schema and return the typed object, or raise a one-line ConfigError."""
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{section}: missing section (expected a mapping with keys "
+                          f"{', '.join(f.name for f in dataclasses.fields(schema))})")
+    try:
+        merged = OmegaConf.merge(OmegaConf.create({section: OmegaConf.structured(schema)}), {section: raw})
+        obj = OmegaConf.to_object(merged)[section]
+    except ConfigKeyError as e:
+        allowed = ", ".join(f.name for f in dataclasses.fields(schema))
+        raise ConfigError(f"{e.full_key}: unknown key (allowed in {section}: {allowed})") from None
+    except OmegaConfBaseException as e:
+        message = str(e.msg or e).splitlines()[0].replace("Structured config of type", "schema")
+        raise ConfigError(f"{e.full_key or section}: {message}") from None
+    _check_bounds(obj, section)
+    return obj
+
+
+SECTIONS: dict[str, type | tuple[str, dict[str, type]]] = {
+    "data": ("source", DATA_SCHEMAS),
+    "model": ("name", MODEL_SCHEMAS),
+    "train": TrainConfig,
+    "quantize": QuantizeConfig,
+    "benchmark": BenchmarkConfig,
+    "evaluate": EvaluateConfig,
+    "mlflow": MlflowConfig,
+}
+
+
+def parse_params(raw: DictConfig) -> Params:
+    """Validate a composed config (a loaded params.yaml or a Hydra composition) into typed `Params`."""
+    unknown = sorted(set(raw.keys()) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section (allowed: {', '.join(SECTIONS)})")
+    typed = {}
+    for section, spec in SECTIONS.items():
+        schema = _pick_schema(raw.get(section), section, *spec) if isinstance(spec, tuple) else spec
+        typed[section] = validate_section(raw.get(section), section, schema)
+    return Params(**typed)
+
+
+def load_params(path: Path = PARAMS_FILE, overrides: list[str] | None = None) -> Params:
+    """Read and validate params.yaml; on any problem exit with one line naming the file and key.
+
+    `overrides` (`key=value`, dotted) serve the stand-alone uses outside DVC, e.g. `pipeline.evaluate
+    model=... data.path=...`; inside `dvc repro` the stages take none.
+    """
+    try:
+        raw = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise SystemExit(f"error: {path}: not found (run from the project root, or `make params`)") from None
+    except Exception as e:  # yaml.YAMLError and friends: one line, not a traceback
+        raise SystemExit(f"error: {path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    try:
+        if overrides:
+            raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(overrides))
+        return parse_params(raw)
+    except ConfigError as e:
+        raise SystemExit(f"error: {path}: {e}") from None
+
+
+def to_flat_dict(params: Params) -> dict[str, Any]:
+    """The resolved config as `section.key` pairs: what MLflow logs as params and lineage diffs."""
+    flat: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                flat[f"{prefix}{f.name}"] = [str(v) for v in value] if isinstance(value, list) else (
+                    str(value) if isinstance(value, StrEnum) else value)
+
+    walk(params, "")
+    return flat
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """Compose `conf/` exactly as `dvc exp run` does (Hydra compose, then resolve)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def main() -> None:
+    """`python -m pipeline.config [overrides]`: regenerate params.yaml from conf/ (what `make params` runs)."""
+    import sys
+
+    from pipeline.files import write_text
+
+    cfg = compose(sys.argv[1:])
+    try:
+        parse_params(cfg)
+    except ConfigError as e:
+        raise SystemExit(f"error: conf/: {e}") from None
+    write_text(PARAMS_FILE, OmegaConf.to_yaml(cfg))
+    print(f"wrote {PARAMS_FILE} from {CONF_DIR}" + (f" with {' '.join(sys.argv[1:])}" if sys.argv[1:] else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Model architectures, registered by name and built from their typed config.
+
+Every model takes raw 48x48x1 pixels in 0-255 (float32) and returns 7 softmax scores in canonical class
+order. Rescaling lives inside the graph, so the training loop, the TFLite converter, the benchmark and the
+realtime runner all feed the same raw pixels and can never disagree about normalisation.
+
+To add an architecture: a schema in `pipeline.config.MODEL_SCHEMAS`, a builder here decorated with
+`@architecture(name)`, and a `conf/model/<preset>.yaml`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers, ops
+
+from pipeline.config import CLASSES, MODEL_SCHEMAS, ConvNetConfig, ModelConfig, SeedCNNConfig
+
+INPUT_SHAPE = (48, 48, 1)
+Builder = Callable[[ModelConfig], keras.Model]
+ARCHITECTURES: dict[str, Builder] = {}
+
+
+def architecture(name: str) -> Callable[[Builder], Builder]:
+    """Register a builder under the name its config uses in `model.name`."""
+    if name not in MODEL_SCHEMAS:
+        raise KeyError(f"architecture {name!r} has no schema in pipeline.config.MODEL_SCHEMAS")
+
+    def register(fn: Builder) -> Builder:
+        ARCHITECTURES[name] = fn
+        return fn
+
+    return register
+
+
+@keras.saving.register_keras_serializable(package="fer")
+class HorizontalFlip(layers.Layer):
+    """Mirror images left-right: the test-time-augmentation branch (a TFLite REVERSE_V2 op)."""
+
+    def call(self, x):
+        return ops.flip(x, axis=2)
+
+
+def _pixels_in(name: str = "pixels") -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    inputs = keras.Input(INPUT_SHAPE, name=name)
+    return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+
+
+@architecture("seed_cnn")
+def seed_cnn(cfg: SeedCNNConfig) -> keras.Model:
+    """The seed project's CNN exactly (valid padding, 4,232,199 parameters), kept as the baseline."""
+    inputs, x = _pixels_in()
+    for filters in (128, 256, 512, 512):
+        x = layers.Conv2D(filters, 3, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Dropout(cfg.conv_dropout)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(512, activation="relu")(x)
+    x = layers.Dropout(0.4)(x)
+    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(len(CLASSES), activation="softmax", dtype="float32", name="scores")(x)
+    return keras.Model(inputs, outputs, name="seed_cnn")
+
+
+def _conv_bn_relu(x, filters: int, *, stride: int = 1, separable: bool = False):
+    conv = layers.SeparableConv2D if separable else layers.Conv2D
+    x = conv(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x)
+
+
+@architecture("convnet")
+def convnet(cfg: ConvNetConfig) -> keras.Model:
+    """BN-ReLU VGG-style stages; `stem_stride` 2 quarters the MACs of everything after the first conv."""
+    inputs, x = _pixels_in()
+    for stage, filters in enumerate(cfg.filters):
+        for i in range(cfg.convs_per_stage):
+            first = stage == 0 and i == 0
+            x = _conv_bn_relu(x, filters, stride=cfg.stem_stride if first else 1,
+                              separable=cfg.separable and not first)
+        if stage < len(cfg.filters) - 1:
+            x = layers.MaxPooling2D(2)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    if cfg.dense:
+        x = layers.Dropout(cfg.dropout)(x)
+        x = layers.Dense(cfg.dense, use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+    x = layers.Dropout(cfg.dropout)(x)
+    outputs = layers.Dense(len(CLASSES), activation="softmax", dtype="float32", name="scores")(x)
+    return keras.Model(inputs, outputs, name="convnet")
+
+
+def build_model(cfg: ModelConfig) -> keras.Model:
+    """The configured architecture, wrapped in flip test-time augmentation when `tta_flip` is on."""
+    core = ARCHITECTURES[cfg.name](cfg)
+    if not cfg.tta_flip:
+        return core
+    inputs = keras.Input(INPUT_SHAPE, name="pixels")
+    scores = layers.Average(name="tta_mean")([core(inputs), core(HorizontalFlip()(inputs))])
+    return keras.Model(inputs, scores, name=f"{core.name}_tta")
+
+
+def count_macs(model: keras.Model) -> int:
+    """Multiply-accumulates for one face, counted from the layers (conv, separable conv, dense).
+
+    Per-face latency on a CPU is bound by MACs, so this is the number to compare models by.
+    """
+    macs = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, layers.SeparableConv2D):
+            _, h, w, c_out = layer.output.shape
+            c_in = layer.input.shape[-1]
+            kh, kw = layer.kernel_size
+            macs += h * w * c_in * kh * kw + h * w * c_in * c_out
+        elif isinstance(layer, layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            macs += h * w * c_out * kh * kw * layer.input.shape[-1]
+        elif isinstance(layer, layers.Dense):
+            macs += layer.input.shape[-1] * layer.units
+    return int(macs)
+
+
+def _all_layers(model: keras.Model) -> list[layers.Layer]:
+    """Layers of nested models too, once per call of the nested model (the TTA wrapper calls its core twice)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += _all_layers(layer) * max(1, len(layer._inbound_nodes))
+        else:
+            found.append(layer)
+    return found

@@ -1,0 +1,36 @@
+"""The MLflow pyfunc of a registered model: LiteRT on the .tflite artifact ("models from code").
+
+MLflow has no TFLite flavor. Logging this file as code (not a pickled object) lets `mlflow models
+predict` and `mlflow.pyfunc.load_model` serve the model with ai-edge-litert and NumPy only, no
+TensorFlow; `pipeline/runtime.py` travels in the model's `code/` folder for use outside this project.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+try:
+    from pipeline.runtime import TFLiteClassifier, read_labels
+except ImportError:  # loaded outside this project: the copy of runtime.py in the model's code/ folder
+    from runtime import TFLiteClassifier, read_labels  # type: ignore[no-redef]
+
+
+class TFLiteExpressionModel(PythonModel):
+    """Input: raw gray faces uint8 [N, 48, 48]; output: scores float32 [N, 7] in the labels' order."""
+
+    def load_context(self, context) -> None:
+        labels = read_labels(context.artifacts["labels"])
+        self.classifier = TFLiteClassifier(context.artifacts["tflite"], labels)
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads hints as a schema
+        if isinstance(model_input, dict):  # a named tensor input arrives as {name: array}
+            (model_input,) = model_input.values()
+        faces = np.asarray(model_input)
+        if faces.ndim == 2 and faces.shape[1] == 48 * 48:  # a DataFrame of flattened rows
+            faces = faces.reshape(-1, 48, 48)
+        return self.classifier.predict(faces.astype(np.uint8)).astype(np.float32)
+
+
+mlflow.models.set_model(TFLiteExpressionModel())

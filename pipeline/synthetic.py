@@ -1,0 +1,180 @@
+"""Seeded synthetic 48x48 grayscale faces with seven expressions: the pipeline's built-in default dataset.
+
+FER2013 has to be downloaded by hand, so without this module nothing would run out of the box. These
+images have FER2013's shape, dtype and label set and form a task with the same character: a small CNN
+learns it, raw pixels do not. Each class is carried only by *geometry* (mouth, brows, eyes) at a random
+per-sample intensity, on top of nuisance variation that pixels cannot see past: pose (rotation,
+translation, scale), face shape, skin and background brightness, hair, background clutter, a lighting
+gradient, blur and Gaussian noise. No class is brighter or darker than another.
+
+Cues per class (anything not listed stays neutral):
+
+- angry: brows lowered and slanted down toward the centre, narrowed eyes, tight flat mouth
+- disgust: lowered brows, one-sided raised upper lip (asymmetric mouth), nose wrinkles, narrowed eyes
+- fear: brows raised and pulled together, wide eyes, mouth slightly open and stretched wide
+- happy: upturned smile, often open with teeth, slightly narrowed eyes
+- neutral: straight brows, normal eyes, straight closed mouth
+- sad: inner brow ends raised, downturned mouth, slightly closed eyes
+- surprise: high arched brows, very wide eyes, round open mouth
+
+Fear/surprise and angry/disgust share cues on purpose, so, as in FER2013, those pairs get confused most.
+"""
+
+import cv2
+import numpy as np
+
+CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
+SIZE = 48
+_SS = 2  # drawn at 2x, then downsampled with INTER_AREA, for anti-aliased features
+_C = SIZE * _SS
+_SHIFT = 4  # fixed-point bits for cv2 drawing: sub-pixel feature positions
+_AA = cv2.LINE_AA
+
+# Offsets from the neutral face at full intensity, in canvas (2x) pixels. brow_tilt > 0 lifts the inner
+# brow ends; curve > 0 turns the mouth corners up; open is the lip gap at the mouth centre.
+_CUES: tuple[dict[str, float], ...] = (
+    {"brow_up": -4, "brow_tilt": -9, "brow_pinch": 3, "eye_open": -2.0, "mouth_w": -4, "curve": -1},
+    {"brow_up": -3, "brow_tilt": -4, "eye_open": -1.5, "sneer": 9, "wrinkle": 1, "curve": -2},
+    {"brow_up": 5, "brow_tilt": 6, "brow_pinch": 4, "eye_open": 2.6, "open": 5, "mouth_w": 6},
+    {"eye_open": -1.2, "curve": 9, "mouth_w": 3, "open": 4},
+    {},
+    {"brow_tilt": 8, "eye_open": -1.2, "curve": -8, "mouth_w": -1},
+    {"brow_up": 8, "brow_arch": 5, "eye_open": 4.0, "open": 13, "mouth_w": -4},
+)
+
+
+def _fx(*values: float) -> tuple[int, ...]:
+    return tuple(round(v * (1 << _SHIFT)) for v in values)
+
+
+def _poly(points: np.ndarray) -> list[np.ndarray]:
+    return [np.round(points * (1 << _SHIFT)).astype(np.int32)]
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    """A flat face on a flat background would let brightness templates work; clutter breaks that."""
+    img = np.full((_C, _C), rng.uniform(20, 235), np.uint8)
+    for _ in range(rng.integers(2, 7)):
+        shade = int(rng.uniform(0, 255))
+        p, q = rng.uniform(0, _C, 2), rng.uniform(0, _C, 2)
+        kind = rng.integers(3)
+        if kind == 0:
+            cv2.line(img, _fx(*p), _fx(*q), shade, int(rng.integers(2, 9)), _AA, _SHIFT)
+        elif kind == 1:
+            cv2.circle(img, _fx(*p), round(rng.uniform(5, 25) * 16), shade, -1, _AA, _SHIFT)
+        else:
+            cv2.rectangle(img, _fx(*p), _fx(*q), shade, -1, _AA, _SHIFT)
+    return img
+
+
+def _mouth(img: np.ndarray, cx: float, cy: float, half_w: float, cue: dict[str, float], ink: int,
+           teeth: int | None, side: int, rng: np.random.Generator) -> None:
+    t = np.linspace(-1.0, 1.0, 21)
+    bump = np.clip(side * t, 0, None) * (1 - t**2) * 2.6  # peaks near one corner: the sneer
+    mid = cy - cue["curve"] * t**2 - 0.3 * cue["sneer"] * np.clip(side * t, 0, None)
+    gap = max(cue["open"], 0.0) * np.sqrt(1 - t**2)
+    upper = np.stack([cx + half_w * t, mid - gap / 2 - cue["sneer"] * bump], axis=1)
+    lower = np.stack([cx + half_w * t, mid + gap / 2], axis=1)
+    if (lower[:, 1] - upper[:, 1]).max() < 2.0:
+        cv2.polylines(img, _poly(upper), False, ink, 4, _AA, _SHIFT)
+        return
+    inside = int(ink + rng.uniform(0, 0.5) * (255 - ink))
+    cv2.fillPoly(img, _poly(np.concatenate([upper, lower[::-1]])), inside, _AA, _SHIFT)
+    if teeth is not None:
+        band = upper + [0, 0.45 * (lower[:, 1] - upper[:, 1]).max()]
+        cv2.fillPoly(img, _poly(np.concatenate([upper, band[::-1]])), teeth, _AA, _SHIFT)
+    cv2.polylines(img, _poly(upper), False, ink, 3, _AA, _SHIFT)
+    cv2.polylines(img, _poly(lower), False, ink, 3, _AA, _SHIFT)
+
+
+def _face(rng: np.random.Generator, label: int) -> np.ndarray:
+    """Draws one upright face on a cluttered background; every size is jittered per sample (identity)."""
+    img = _background(rng)
+    skin = int(rng.uniform(90, 235))
+    ink = int(skin * rng.uniform(0.05, 0.35))
+    cx, cy = _C / 2 + rng.normal(0, 1), _C / 2 + 2 + rng.normal(0, 1)
+    fw, fh = rng.uniform(31, 37), rng.uniform(39, 45)
+    if rng.random() < 0.7:  # hair frames the head without touching the features
+        hair = int(rng.uniform(10, 200))
+        cv2.ellipse(img, _fx(cx, cy - 6), _fx(fw + 4, fh + 2), 0, 0, 360, hair, -1, _AA, _SHIFT)
+    cv2.ellipse(img, _fx(cx, cy), _fx(fw, fh), 0, 0, 360, skin, -1, _AA, _SHIFT)
+
+    intensity = rng.uniform(0.7, 1.2)
+    cue = dict.fromkeys(("brow_up", "brow_tilt", "brow_pinch", "brow_arch", "eye_open", "mouth_w",
+                         "curve", "open", "sneer", "wrinkle"), 0.0)
+    for key, delta in _CUES[label].items():
+        cue[key] = delta * intensity
+    for key in cue:
+        cue[key] += rng.normal(0, 0.6)
+
+    eye_y, eye_dx = cy - 8 + rng.normal(0, 2.5), rng.uniform(11.5, 16)
+    eye_w, eye_h = rng.uniform(6.0, 7.5), max(rng.uniform(3.0, 3.8) + cue["eye_open"], 0.6)
+    sclera = int(np.clip(skin + rng.uniform(-10, 50), 0, 255))
+    brow_len, brow_gap = rng.uniform(10, 13), rng.uniform(7, 11)
+    for s in (-1, 1):
+        ex = cx + s * eye_dx
+        if eye_h < 1.5:
+            cv2.line(img, _fx(ex - eye_w, eye_y), _fx(ex + eye_w, eye_y), ink, 2, _AA, _SHIFT)
+        else:
+            cv2.ellipse(img, _fx(ex, eye_y), _fx(eye_w, eye_h), 0, 0, 360, sclera, -1, _AA, _SHIFT)
+            cv2.circle(img, _fx(ex, eye_y), round(min(eye_h, 3.0) * 16), ink, -1, _AA, _SHIFT)
+            cv2.ellipse(img, _fx(ex, eye_y), _fx(eye_w, eye_h), 0, 0, 360, ink, 1, _AA, _SHIFT)
+        base = eye_y - eye_h - brow_gap - cue["brow_up"] + 2
+        inner_x = ex - s * (brow_len / 2 + cue["brow_pinch"])
+        outer_x = ex + s * brow_len / 2
+        brow = np.array([[inner_x, base - cue["brow_tilt"] / 2],
+                         [(inner_x + outer_x) / 2, base - 1.5 - cue["brow_arch"]],
+                         [outer_x, base + cue["brow_tilt"] / 2]])
+        cv2.polylines(img, _poly(brow), False, ink, int(rng.integers(3, 6)), _AA, _SHIFT)
+
+    nose_y = cy + 8 + rng.normal(0, 1)
+    cv2.line(img, _fx(cx, eye_y + 3), _fx(cx + 1, nose_y), ink, 1, _AA, _SHIFT)
+    cv2.ellipse(img, _fx(cx, nose_y), _fx(4, 2), 0, 0, 180, ink, 2, _AA, _SHIFT)
+    for i in range(round(max(cue["wrinkle"], 0) * 2.5)):  # disgust: wrinkled nose bridge
+        y = eye_y + 2 + 2.5 * i
+        cv2.line(img, _fx(cx - 4, y), _fx(cx + 4, y + 0.5), ink, 1, _AA, _SHIFT)
+
+    teeth = min(skin + 50, 255) if label == 3 and rng.random() < 0.6 else None
+    if teeth is None and label == 3:
+        cue["open"] = min(cue["open"], 1.0)  # a closed smile half of the time
+    side = 1 if rng.random() < 0.5 else -1
+    mouth_y = cy + 21 + rng.normal(0, 2.5)
+    _mouth(img, cx, mouth_y, rng.uniform(11, 14) + cue["mouth_w"], cue, ink, teeth, side, rng)
+    return img
+
+
+def _render(rng: np.random.Generator, label: int, max_rotation: float) -> np.ndarray:
+    """Pose, lighting and blur are applied after drawing so they are independent of the expression."""
+    img = _face(rng, label)
+    angle = rng.uniform(-max_rotation, max_rotation)
+    m = cv2.getRotationMatrix2D((_C / 2, _C / 2), angle, rng.uniform(0.85, 1.15))
+    m[:, 2] += rng.uniform(-4 * _SS, 4 * _SS, 2)
+    img = cv2.warpAffine(img, m, (_C, _C), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    img = img.astype(np.float32)
+    theta = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(theta) * np.linspace(-1, 1, _C)[None, :] + np.sin(theta) * np.linspace(-1, 1, _C)[:, None])
+    img *= 1 + rng.uniform(0, 0.35) * ramp
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.6))
+    return cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+
+
+def generate(n: int, seed: int, *, noise: float = 0.08, max_rotation: float = 15.0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Makes a reproducible, balanced, shuffled FER-like split (x uint8 [n, 48, 48], y uint8 [n]).
+
+    Each call owns its generator, so the same arguments always give byte-identical arrays and train/test
+    splits made with different seeds share no images. `noise` is the std of additive Gaussian noise as a
+    fraction of 255; `max_rotation` is in degrees.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < len(CLASSES):
+        raise ValueError(f"n must be an integer >= {len(CLASSES)} (one image per class), got {n!r}")
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise must be in [0, 1] (a fraction of 255), got {noise!r}")
+    if not 0.0 <= max_rotation <= 90.0:
+        raise ValueError(f"max_rotation must be in [0, 90] degrees, got {max_rotation!r}")
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(n) % len(CLASSES)).astype(np.uint8)
+    x = np.stack([_render(rng, int(label), max_rotation) for label in y])
+    x += rng.normal(0.0, noise * 255.0, x.shape).astype(np.float32)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8), y

@@ -1,0 +1,71 @@
+"""How every latency in this project is measured, and what machine it was measured on.
+
+Medians and p90s over many calls after a warm-up (the first calls pay for allocation and caches), with
+`time.perf_counter_ns`. The compute peak is measured here, not assumed: a float32 NumPy matmul at one and
+at all threads gives the multiply-accumulates per second this CPU can do, so a model's latency can be
+read as a share of the machine's peak. NumPy only: the realtime benchmark uses it without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> dict[str, float]:
+    """Median and p90 milliseconds of `fn()` over `runs` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    samples = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter_ns()
+        fn()
+        samples[i] = (time.perf_counter_ns() - start) / 1e6
+    return {"median_ms": float(np.median(samples)), "p90_ms": float(np.percentile(samples, 90)), "runs": runs}
+
+
+def summarize_ms(samples: list[float] | np.ndarray) -> dict[str, float]:
+    a = np.asarray(samples, dtype=np.float64)
+    if a.size == 0:
+        return {"median_ms": float("nan"), "p90_ms": float("nan"), "mean_ms": float("nan")}
+    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean())}
+
+
+def machine() -> dict[str, object]:
+    """CPU model, core count and the vector extensions that decide int8 vs float32 speed."""
+    model, flags = platform.processor() or "unknown", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    return {
+        "cpu": model, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
+    }
+
+
+def compute_peak_gmacs(threads: int, size: int = 1024, repeats: int = 7) -> float:
+    """Best-of-N float32 GMAC/s of a square matmul with NumPy's BLAS limited to `threads` threads."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
+    best = float("inf")
+    with threadpool_limits(limits=threads, user_api="blas"):
+        a @ b
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    return size**3 / best / 1e9

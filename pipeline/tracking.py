@@ -1,0 +1,228 @@
+"""MLflow for the stages: where runs go, how the stages of one execution share a run, registry, promotion.
+
+Where: `MLFLOW_TRACKING_URI`, else `mlflow.tracking_uri`, else `sqlite:///<repo>/mlflow.db` with artifacts
+in `<repo>/mlartifacts`. `<repo>` is `DVC_ROOT`, which DVC sets to the real repository even when a queued
+experiment runs in a temporary copy, so every experiment lands in the same store.
+
+One execution, one run: each stage writes `runs/<stage>.json` (a declared DVC output) with the id of the
+run it logged into, and the next stage reads its upstream's file. It continues that run unless the run
+already holds this stage (then this is a new execution: a fresh run), failed, or was made with other
+params. A stage that DVC skips or restores from cache never starts, so it logs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+
+from pipeline.config import MlflowConfig, Params, to_flat_dict
+from pipeline.files import write_json
+from pipeline.runtime import redact
+
+RUNS_DIR = Path("runs")
+CHAMPION = "champion"
+
+
+def repo_root() -> Path:
+    """The real repository, also from inside a queued experiment's temporary copy."""
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
+def tracking_uri(cfg: MlflowConfig) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def connect(cfg: MlflowConfig) -> str:
+    """Point MLflow at the configured store and return the experiment id; unreachable -> one-line exit.
+
+    Timeouts and retries are set before the first request so that a server that is down fails within
+    seconds (timeout x (retries + 1) plus a short backoff), not after MLflow's default two minutes.
+    """
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(cfg.timeout_s)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.retries)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    try:
+        experiment = client.get_experiment_by_name(cfg.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = (repo_root() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        try:
+            return client.create_experiment(cfg.experiment_name, artifact_location=location)
+        except MlflowException:  # created meanwhile by a parallel experiment
+            return client.get_experiment_by_name(cfg.experiment_name).experiment_id
+    except Exception as e:
+        raise SystemExit(f"error: MLflow tracking server {redact(uri)} unreachable or failing: "
+                         f"{redact(str(e).splitlines()[0])[:200]} (mlflow.tracking_uri / MLFLOW_TRACKING_URI)") from None
+
+
+def git_state() -> dict[str, str]:
+    """Commit of the code and whether tracked files differ from it (params.yaml and dvc.lock excluded:
+    DVC itself rewrites those during `dvc exp run` and `dvc repro`)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!params.yaml", ":!dvc.lock")
+    return {"commit": commit or "unknown", "dirty": "true" if changes else "false"}
+
+
+def params_digest(params: Params) -> str:
+    return hashlib.sha256(json.dumps(to_flat_dict(params), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def mark_stale_runs(experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a process of this host that no longer exists (SIGKILL, power loss) -> KILLED."""
+    client = mlflow.MlflowClient()
+    stale = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=200):
+        pid, host = run.data.tags.get("pipeline.pid"), run.data.tags.get("pipeline.host")
+        if host != socket.gethostname() or not pid or _alive(int(pid)):
+            continue
+        client.set_terminated(run.info.run_id, "KILLED")
+        stale.append(run.info.run_id)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _continuable_run(upstream: str | None, stage: str, digest: str) -> str | None:
+    """The upstream stage's run id if this stage belongs to the same execution, else None."""
+    if upstream is None:
+        return None
+    record = RUNS_DIR / f"{upstream}.json"
+    try:
+        run_id = json.loads(record.read_text())["run_id"]
+        run = mlflow.MlflowClient().get_run(run_id)
+    except (OSError, KeyError, ValueError, MlflowException):
+        return None
+    tags = run.data.tags
+    if run.info.status in ("FAILED", "KILLED") or tags.get(f"pipeline.stage.{stage}"):
+        return None
+    return run_id if tags.get("pipeline.params_digest") == digest else None
+
+
+@dataclass
+class StageRun:
+    run_id: str
+    continued: bool
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[StageRun]:
+    """Log a stage into its execution's run; FAILED on error, KILLED on SIGINT/SIGTERM, never left RUNNING."""
+    experiment_id = connect(params.mlflow)
+    for run_id in mark_stale_runs(experiment_id):
+        print(f"[{stage}] marked stale run {run_id} KILLED (its process is gone)")
+    digest = params_digest(params)
+    run_id = _continuable_run(upstream, stage, digest)
+    git = git_state()
+    exp_name = os.environ.get("DVC_EXP_NAME", "")
+    tags = {"mlflow.source.git.commit": git["commit"], "git.dirty": git["dirty"], "dvc.exp_name": exp_name,
+            "pipeline.params_digest": digest, "pipeline.data_family": params.data.family}
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
+                           run_name=None if run_id else exp_name or f"repro-{git['commit'][:7]}",
+                           tags=None if run_id else tags)
+    try:
+        mlflow.set_tags({"pipeline.pid": str(os.getpid()), "pipeline.host": socket.gethostname()})
+        if run_id is None:
+            mlflow.log_params(to_flat_dict(params))
+        how = "continuing" if run_id else "new"
+        print(f"[{stage}] MLflow run {run.info.run_id} ({how}) at {redact(tracking_uri(params.mlflow))}")
+        yield StageRun(run.info.run_id, continued=run_id is not None)
+        mlflow.set_tag(f"pipeline.stage.{stage}", "done")
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    mlflow.end_run()
+    write_json(RUNS_DIR / f"{stage}.json", {"run_id": run.info.run_id, "experiment_id": experiment_id,
+                                             "tracking_uri": redact(tracking_uri(params.mlflow))})
+
+
+def log_json_artifact(payload: Any, artifact_file: str) -> None:
+    mlflow.log_dict(payload, artifact_file)
+
+
+# ---------------------------------------------------------------- registry
+def registered_name(params: Params) -> str:
+    """`fer-expression-<family>`: a synthetic run can never take the alias of a real-data model."""
+    return f"{params.quantize.model_name}-{params.data.family}"
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def promote(name: str, version: str, metric: str, value: float, test_digest: str) -> dict[str, Any]:
+    """Move `champion` to this version if it beats the current one on `metric` on the same test split.
+
+    Ties keep the current champion. A champion scored on another test split is not comparable and is
+    kept. A file lock under the repo serialises read-compare-set across parallel experiments.
+    """
+    from filelock import FileLock
+
+    client = mlflow.MlflowClient()
+    with FileLock(str(repo_root() / ".promotion.lock"), timeout=120):
+        try:
+            champion = client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            champion = None
+        decision: dict[str, Any] = {"model": name, "version": str(version), "metric": metric, "value": value}
+        if champion is None:
+            promote_it, reason = True, "no champion yet"
+        elif str(champion.version) == str(version):
+            promote_it, reason = False, "already champion"
+        elif champion.tags.get("test_digest") != test_digest:
+            promote_it, reason = False, (f"champion v{champion.version} was evaluated on another test split; "
+                                         "not comparable, kept")
+        else:
+            best = float(champion.tags.get(f"test_{metric}", "-inf"))
+            promote_it = value > best
+            reason = f"{metric} {value:.4f} {'>' if promote_it else '<='} champion v{champion.version} {best:.4f}"
+            decision["champion_value"] = best
+        if promote_it:
+            client.set_registered_model_alias(name, CHAMPION, str(version))
+        decision.update(promoted=promote_it, reason=reason,
+                        champion=str(version) if promote_it else (champion.version if champion else None))
+        return decision

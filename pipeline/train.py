@@ -1,0 +1,238 @@
+"""Stage `train`: prepared splits -> models/model.keras, per-epoch history, metrics/train.json.
+
+Reads `model` and `train` from params.yaml. The input pipeline is tf.data with augmentation as Keras
+preprocessing layers applied to whole batches (so two CPU cores are not starved by per-image Python);
+the model itself never sees augmentation, so the exported graph is only rescaling + network.
+
+A checkpoint is written every epoch under `models/checkpoints/<hash of data + model + train params>/`
+(a `persist: true` DVC output): an interrupted run resumes from it, and a checkpoint made with other
+params or data is never resumed (its folder is deleted).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+
+from pipeline import plots, tracking
+from pipeline.config import CLASSES, ClassWeight, Optimizer, Params, Schedule, TrainConfig, load_params
+from pipeline.files import atomic_path, load_split, write_json
+from pipeline.models import build_model, count_macs
+from pipeline.prepare import OUT_DIR as PREPARED, log_datasets
+
+MODEL_PATH = Path("models/model.keras")
+CHECKPOINTS = Path("models/checkpoints")
+METRICS_PATH = Path("metrics/train.json")
+HISTORY_PATH = Path("plots/train/history.csv")
+CURVES_PATH = Path("plots/train/curves.png")
+
+
+def augmenter(cfg: TrainConfig) -> keras.Sequential:
+    """Batch-level random augmentation from config; every factor 0 leaves the layer out."""
+    a, seed = cfg.augment, cfg.seed
+    steps: list[keras.Layer] = []
+    if a.flip:
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if a.rotation:
+        steps.append(keras.layers.RandomRotation(a.rotation, fill_mode="reflect", seed=seed + 1))
+    if a.shift:
+        steps.append(keras.layers.RandomTranslation(a.shift, a.shift, fill_mode="reflect", seed=seed + 2))
+    if a.zoom:
+        steps.append(keras.layers.RandomZoom(a.zoom, a.zoom, fill_mode="reflect", seed=seed + 3))
+    if a.brightness:
+        steps.append(keras.layers.RandomBrightness(a.brightness, value_range=(0, 255), seed=seed + 4))
+    if a.contrast:
+        steps.append(keras.layers.RandomContrast(a.contrast, value_range=(0, 255), seed=seed + 5))
+    return keras.Sequential(steps, name="augment")
+
+
+def mixup(x: tf.Tensor, y: tf.Tensor, alpha: float, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Blend each example with its mirror in the batch, weight ~ Beta(alpha, alpha)."""
+    n = tf.shape(x)[0]
+    g1 = tf.random.stateless_gamma([n, 1], seed=[seed, 1], alpha=alpha)
+    g2 = tf.random.stateless_gamma([n, 1], seed=[seed, 2], alpha=alpha)
+    lam = g1 / (g1 + g2)
+    x = lam[:, :, None, None] * x + (1 - lam[:, :, None, None]) * tf.reverse(x, [0])
+    return x, lam * y + (1 - lam) * tf.reverse(y, [0])
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, training: bool) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((x[..., None].astype(np.float32),
+                                             tf.one_hot(y, len(CLASSES)))).cache()
+    if training:
+        ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(cfg.batch_size)
+    if training:
+        augment = augmenter(cfg)
+        ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=cfg.deterministic or None)
+        if cfg.augment.mixup:
+            ds = ds.enumerate().map(lambda i, ab: mixup(*ab, cfg.augment.mixup, cfg.seed + tf.cast(i, tf.int32)),
+                                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights(y: np.ndarray, mode: ClassWeight) -> dict[int, float] | None:
+    """Inverse-frequency weights (mean 1) so that a rare class such as `disgust` is not ignored."""
+    if mode == ClassWeight.none:
+        return None
+    counts = np.maximum(np.bincount(y, minlength=len(CLASSES)), 1)
+    w = len(y) / (len(CLASSES) * counts)
+    if mode == ClassWeight.sqrt:
+        w = np.sqrt(w)
+    w = w / w.mean()
+    return {i: float(v) for i, v in enumerate(w)}
+
+
+def optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+    if cfg.schedule == Schedule.onecycle:
+        warmup = max(warmup, int(0.3 * total))
+    if cfg.schedule == Schedule.constant:
+        lr: float | keras.optimizers.schedules.LearningRateSchedule = cfg.lr
+    elif warmup:
+        lr = keras.optimizers.schedules.CosineDecay(cfg.lr / 25, total - warmup, warmup_target=cfg.lr,
+                                                    warmup_steps=warmup)
+    else:
+        lr = keras.optimizers.schedules.CosineDecay(cfg.lr, total)
+    if cfg.optimizer == Optimizer.sgd:
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay or None)
+    if cfg.optimizer == Optimizer.adamw:
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    return keras.optimizers.Adam(lr)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One progress line per epoch, the same numbers to MLflow, and images/s for the speed report."""
+
+    def __init__(self, epochs: int, n_train: int) -> None:
+        super().__init__()
+        self.epochs, self.n_train = epochs, n_train
+        self.images_per_s: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = time.perf_counter() - self._start
+        logs = dict(logs or {})
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["images_per_s"] = self.n_train / seconds
+        self.images_per_s.append(logs["images_per_s"])
+        mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
+        print(f"[train] epoch {epoch + 1}/{self.epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
+              f"val_loss {logs.get('val_loss', float('nan')):.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}"
+              f"  lr {logs['lr']:.2e}  {seconds:.1f}s  {logs['images_per_s']:.0f} img/s", flush=True)
+
+
+def checkpoint_dir(params: Params) -> Path:
+    """A folder keyed by everything that shapes the weights, so a stale checkpoint can't be resumed."""
+    report = json.loads((PREPARED / "report.json").read_text())
+    key = json.dumps({"data": report["digests"], "model": str(params.model), "train": str(params.train)},
+                     sort_keys=True)
+    path = CHECKPOINTS / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if CHECKPOINTS.exists():
+        for other in CHECKPOINTS.iterdir():
+            if other != path:
+                print(f"[train] removing stale checkpoint {other} (made with other params or data)")
+                shutil.rmtree(other, ignore_errors=True)
+    return path
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """Per-epoch rows of the CSV log; after a resume the last row per epoch wins."""
+    if not path.exists():
+        return []
+    rows: dict[int, dict[str, float]] = {}
+    with path.open() as fh:
+        for row in csv.DictReader(fh):
+            epoch = int(row.pop("epoch")) + 1
+            rows[epoch] = {"epoch": epoch, **{k: float(v) for k, v in row.items() if v not in ("", None)}}
+    return [rows[k] for k in sorted(rows)]
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.train
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    x_train, y_train = load_split(PREPARED / "train.npz")
+    x_val, y_val = load_split(PREPARED / "val.npz")
+    if cfg.max_train_samples:
+        x_train, y_train = x_train[: cfg.max_train_samples], y_train[: cfg.max_train_samples]
+    ckpt = checkpoint_dir(params)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    csv_log = ckpt / "history.csv"
+
+    with tracking.stage_run("train", params, upstream="prepare") as run:
+        if not run.continued:
+            log_datasets(json.loads((PREPARED / "report.json").read_text()))
+        model = build_model(params.model)
+        steps = math.ceil(len(x_train) / cfg.batch_size)
+        model.compile(optimizer=optimizer(cfg, steps),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                      metrics=["accuracy"])
+        macs = count_macs(model)
+        print(f"[train] {params.model.name}: {model.count_params():,} parameters, {macs / 1e6:.1f} M MACs/face; "
+              f"{len(x_train)} train / {len(x_val)} val images, {cfg.epochs} epochs")
+        resumed = read_history(csv_log)
+        if resumed:
+            print(f"[train] resuming after epoch {resumed[-1]['epoch']} from {ckpt}")
+            for row in resumed:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        progress = EpochLog(cfg.epochs, len(x_train))
+        callbacks = [keras.callbacks.BackupAndRestore(str(ckpt / "backup"), double_checkpoint=True),
+                     keras.callbacks.CSVLogger(str(csv_log), append=True), progress]
+        if cfg.early_stopping_patience:
+            callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience,
+                                                           restore_best_weights=True))
+        start = time.perf_counter()
+        model.fit(make_dataset(x_train, y_train, cfg, training=True), epochs=cfg.epochs, verbose=0, shuffle=False,
+                  validation_data=make_dataset(x_val, y_val, cfg, training=False),
+                  class_weight=class_weights(y_train, cfg.class_weight), callbacks=callbacks)
+        seconds = time.perf_counter() - start
+
+        history = read_history(csv_log)
+        val_loss, val_acc = model.evaluate(make_dataset(x_val, y_val, cfg, training=False), verbose=0)
+        metrics = {
+            "val_accuracy": float(val_acc), "val_loss": float(val_loss),
+            "best_val_accuracy": max(r.get("val_accuracy", 0.0) for r in history),
+            "epochs": len(history), "params": int(model.count_params()), "macs": macs,
+            "train_seconds": seconds,
+            "images_per_s": float(np.median(progress.images_per_s)) if progress.images_per_s else 0.0,
+        }
+        with atomic_path(MODEL_PATH) as tmp:
+            model.save(tmp)
+        write_history(history)
+        plots.training_curves(history, CURVES_PATH)
+        write_json(METRICS_PATH, metrics)
+        mlflow.log_metrics({f"train_{k}" if not k.startswith("val") else k: v for k, v in metrics.items()})
+        mlflow.log_artifact(str(MODEL_PATH), "train")
+        mlflow.log_artifact(str(CURVES_PATH), "plots")
+        mlflow.log_artifact(str(HISTORY_PATH), "train")
+    shutil.rmtree(ckpt, ignore_errors=True)  # finished: nothing left to resume
+    print(f"[train] val accuracy {val_acc:.4f} after {len(history)} epochs in {seconds:.0f}s -> {MODEL_PATH}")
+
+
+def write_history(history: list[dict[str, float]]) -> None:
+    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
+    with atomic_path(HISTORY_PATH) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[k for k in keys if k in history[0]], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+if __name__ == "__main__":
+    main()

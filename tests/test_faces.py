@@ -1,0 +1,214 @@
+"""Face detection tests on the vendored astronaut photo; no network, no TensorFlow, well under a second."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.faces import (
+    DETECTORS,
+    BlazeFaceDetector,
+    Face,
+    HaarDetector,
+    crop_face,
+    make_detector,
+)
+
+ASSETS = Path(__file__).resolve().parents[1] / "pipeline" / "assets"
+# Where the face sits in the 512x512 astronaut.jpg (checked by eye and by both detectors).
+FACE_CENTRE = (225.0, 128.0)
+FACE_SIZE = 94.0
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    image = cv2.imread(str(ASSETS / "astronaut.jpg"), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape == (512, 512, 3)
+    return image
+
+
+@pytest.fixture(scope="module")
+def blazeface() -> BlazeFaceDetector:
+    return BlazeFaceDetector()
+
+
+@pytest.fixture(scope="module")
+def reference_box(photo: np.ndarray, blazeface: BlazeFaceDetector) -> Face:
+    """BlazeFace's box on the untouched photo; placed copies are compared against it, scaled."""
+    faces = blazeface.detect(photo)
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.x <= FACE_CENTRE[0] <= face.x + face.w and face.y <= FACE_CENTRE[1] <= face.y + face.h
+    return face
+
+
+def place(photo: np.ndarray, face_px: float, centre: tuple[int, int]) -> tuple[np.ndarray, float, tuple]:
+    """Paste the photo on a gray 640x480 frame so that its face is `face_px` wide at `centre`."""
+    scale = face_px / FACE_SIZE
+    scaled = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    frame = np.full((480, 640, 3), 128, dtype=np.uint8)
+    ox, oy = round(centre[0] - FACE_CENTRE[0] * scale), round(centre[1] - FACE_CENTRE[1] * scale)
+    x0, y0 = max(ox, 0), max(oy, 0)
+    x1, y1 = min(ox + scaled.shape[1], 640), min(oy + scaled.shape[0], 480)
+    frame[y0:y1, x0:x1] = scaled[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+    return frame, scale, (ox, oy)
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def contains(face: Face, point: tuple[float, float]) -> bool:
+    return face.x <= point[0] <= face.x + face.w and face.y <= point[1] <= face.y + face.h
+
+
+@pytest.mark.parametrize(
+    ("face_px", "centre"),
+    [
+        (80, (120, 100)),
+        (80, (520, 380)),
+        (150, (320, 240)),
+        (150, (160, 320)),
+        (220, (460, 200)),
+        (300, (320, 240)),
+        (300, (200, 200)),
+    ],
+)
+def test_blazeface_finds_the_placed_face(photo, blazeface, reference_box, face_px, centre) -> None:
+    frame, scale, (ox, oy) = place(photo, face_px, centre)
+    faces = blazeface.detect(frame)
+    assert len(faces) == 1, faces
+    face = faces[0]
+    expected = (
+        reference_box.x * scale + ox,
+        reference_box.y * scale + oy,
+        reference_box.w * scale,
+        reference_box.h * scale,
+    )
+    assert contains(face, centre)
+    assert iou((face.x, face.y, face.w, face.h), expected) > 0.5, (face, expected)
+    assert 0.5 <= face.score <= 1.0
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.zeros((480, 640, 3), np.uint8),
+        np.full((480, 640, 3), 128, np.uint8),
+        np.full((480, 640), 255, np.uint8),
+    ],
+)
+def test_blank_frames_have_no_faces(blazeface, frame) -> None:
+    assert blazeface.detect(frame) == []
+
+
+def test_gray_frame_works(photo, blazeface) -> None:
+    frame, _, _ = place(photo, 150, (320, 240))
+    faces = blazeface.detect(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+    assert len(faces) == 1 and contains(faces[0], (320, 240))
+
+
+@pytest.mark.parametrize("copies", [2, 3])
+def test_tiled_photo_gives_one_face_per_copy(photo, blazeface, copies) -> None:
+    # Tile a square around the face: whole photos side by side would make faces too small for the model.
+    crop = photo[28:228, 125:325]
+    side = 640 // copies
+    top = (480 - side) // 2
+    frame = np.full((480, 640, 3), 128, dtype=np.uint8)
+    for i in range(copies):
+        frame[top : top + side, i * side : (i + 1) * side] = cv2.resize(crop, (side, side))
+    faces = sorted(blazeface.detect(frame), key=lambda f: f.x)
+    assert len(faces) == copies, faces
+    for i, face in enumerate(faces):
+        assert contains(face, ((i + 0.5) * side, top + side / 2))
+
+
+def test_boxes_are_clipped_to_the_frame(photo, blazeface) -> None:
+    frame, _, _ = place(photo, 200, (20, 460))  # face half outside the bottom-left corner
+    for face in blazeface.detect(frame):
+        assert face.x >= 0 and face.y >= 0 and face.x + face.w <= 640 and face.y + face.h <= 480
+
+
+@pytest.mark.parametrize(
+    "face",
+    [
+        Face(0, 0, 60, 80, 0.9),
+        Face(600, 430, 40, 50, 0.9),
+        Face(300, 0, 1, 1, 0.9),
+        Face(200, 150, 120, 100, 0.9),
+    ],
+)
+def test_crop_face_is_48x48_uint8_even_at_the_edges(face) -> None:
+    gray = np.random.default_rng(0).integers(0, 256, (480, 640), dtype=np.uint8)
+    crop = crop_face(gray, face)
+    assert crop.shape == (48, 48) and crop.dtype == np.uint8
+
+
+def test_crop_face_of_a_detected_face(photo, blazeface) -> None:
+    frame, _, _ = place(photo, 150, (320, 240))
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    crop = crop_face(gray, blazeface.detect(gray)[0], size=64)
+    assert crop.shape == (64, 64) and crop.dtype == np.uint8 and crop.std() > 10
+
+
+def test_make_detector_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="blazeface, haar") as info:
+        make_detector("mtcnn")
+    assert "mtcnn" in str(info.value)
+    assert DETECTORS == ("blazeface", "haar")
+
+
+def test_make_detector_passes_options() -> None:
+    assert isinstance(make_detector("blazeface", score_threshold=0.7), BlazeFaceDetector)
+
+
+def test_missing_model_names_the_file(tmp_path) -> None:
+    missing = tmp_path / "no_such_model.tflite"
+    with pytest.raises(FileNotFoundError, match=r"no_such_model\.tflite"):
+        BlazeFaceDetector(missing)
+
+
+def test_unreadable_model_names_the_file(tmp_path) -> None:
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"not a flatbuffer" * 8)
+    with pytest.raises(RuntimeError, match=r"broken\.tflite") as info:
+        BlazeFaceDetector(broken)
+    assert "\n" not in str(info.value)
+
+
+def test_haar_finds_the_astronaut(photo) -> None:
+    if not hasattr(cv2, "CascadeClassifier"):
+        pytest.skip("this OpenCV build has no CascadeClassifier (OpenCV 5 dropped it)")
+    frame = np.full((480, 640, 3), 128, dtype=np.uint8)
+    frame[:, 64:576] = photo[:480]
+    faces = HaarDetector().detect(frame)
+    assert any(contains(face, (FACE_CENTRE[0] + 64, FACE_CENTRE[1])) for face in faces), faces
+    assert HaarDetector().detect(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)) == faces
+
+
+def test_haar_without_cascades_explains_the_way_out(monkeypatch) -> None:
+    # What OpenCV 5 looks like to us: no CascadeClassifier at all.
+    monkeypatch.delattr(cv2, "CascadeClassifier", raising=False)
+    with pytest.raises(RuntimeError, match=r"opencv-python-headless<5.*blazeface") as info:
+        make_detector("haar")
+    assert "\n" not in str(info.value)
+
+
+def test_importing_faces_does_not_import_tensorflow() -> None:
+    code = (
+        "import sys, pipeline.faces\n"
+        "pipeline.faces.BlazeFaceDetector()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
