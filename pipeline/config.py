@@ -342,7 +342,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
     OmegaConf.resolve(cfg)
-    return cfg
+    return OmegaConf.create(OmegaConf.to_container(cfg))  # plain, like a loaded params.yaml (not struct)
 
 
 def main() -> None:

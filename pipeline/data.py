@@ -194,9 +194,15 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(y))
+    if len(y) < 2:
+        raise DataError(f"{len(y)} training image(s): too few to hold out a validation split")
     counts = np.bincount(y, minlength=len(CLASSES))
-    stratify = y if counts[counts > 0].min() >= 2 else None  # a class of one can't be split both ways
-    keep, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
+    present = int((counts > 0).sum())
+    held_n = int(np.ceil(fraction * len(y)))
+    # Stratify when every class can appear on both sides; tiny data falls back to a plain seeded split.
+    can_stratify = counts[counts > 0].min() >= 2 and present <= held_n <= len(y) - present
+    keep, held = train_test_split(index, test_size=fraction, random_state=seed,
+                                  stratify=y if can_stratify else None)
     return np.sort(keep), np.sort(held)
 
 

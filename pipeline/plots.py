@@ -12,10 +12,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from pipeline.files import atomic_path  # noqa: E402
+from pipeline.files import atomic_path
 
 
 def _save(fig: plt.Figure, path: Path) -> None:

@@ -2,9 +2,9 @@
 
 This module is the whole inference side of the project, so it must stay lean: NumPy, ai-edge-litert and
 (only for `models:/` URIs) the MLflow client. It imports nothing else from the project, because a copy of
-it ships inside every registered model (the pyfunc in `pipeline/serving.py` runs it). It never imports TensorFlow and never unpickles a model:
-from the registry it downloads just the .tflite and its labels.json, and checks the sha256 that the
-quantize stage recorded at registration.
+it ships inside every registered model (the pyfunc in `pipeline/serving.py` runs it). It never imports
+TensorFlow and never unpickles a model: from the registry it downloads just the .tflite and its
+labels.json, and checks the sha256 that the quantize stage recorded at registration.
 """
 
 from __future__ import annotations

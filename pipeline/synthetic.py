@@ -34,13 +34,13 @@ _AA = cv2.LINE_AA
 # Offsets from the neutral face at full intensity, in canvas (2x) pixels. brow_tilt > 0 lifts the inner
 # brow ends; curve > 0 turns the mouth corners up; open is the lip gap at the mouth centre.
 _CUES: tuple[dict[str, float], ...] = (
-    {"brow_up": -4, "brow_tilt": -9, "brow_pinch": 3, "eye_open": -2.0, "mouth_w": -4, "curve": -1},
-    {"brow_up": -3, "brow_tilt": -4, "eye_open": -1.5, "sneer": 9, "wrinkle": 1, "curve": -2},
-    {"brow_up": 5, "brow_tilt": 6, "brow_pinch": 4, "eye_open": 2.6, "open": 5, "mouth_w": 6},
-    {"eye_open": -1.2, "curve": 9, "mouth_w": 3, "open": 4},
+    {"brow_up": -4, "brow_tilt": -8, "brow_pinch": 4, "eye_open": -2.4, "mouth_w": -5, "curve": -1},
+    {"brow_up": -4, "brow_tilt": -5, "eye_open": -1.8, "sneer": 8, "wrinkle": 1.2, "curve": -3},
+    {"brow_up": 7, "brow_tilt": 6, "brow_pinch": 5, "eye_open": 3.2, "open": 6, "mouth_w": 6},
+    {"eye_open": -1.5, "curve": 12, "mouth_w": 4, "open": 5},
     {},
-    {"brow_tilt": 8, "eye_open": -1.2, "curve": -8, "mouth_w": -1},
-    {"brow_up": 8, "brow_arch": 5, "eye_open": 4.0, "open": 13, "mouth_w": -4},
+    {"brow_tilt": 7, "eye_open": -1.5, "curve": -11, "mouth_w": -1},
+    {"brow_up": 10, "brow_arch": 4, "eye_open": 5.0, "open": 16, "mouth_w": -5},
 )
 
 
@@ -72,27 +72,27 @@ def _mouth(img: np.ndarray, cx: float, cy: float, half_w: float, cue: dict[str, 
            teeth: int | None, side: int, rng: np.random.Generator) -> None:
     t = np.linspace(-1.0, 1.0, 21)
     bump = np.clip(side * t, 0, None) * (1 - t**2) * 2.6  # peaks near one corner: the sneer
-    mid = cy - cue["curve"] * t**2 - 0.3 * cue["sneer"] * np.clip(side * t, 0, None)
+    mid = cy - cue["curve"] * t**2 - 0.4 * cue["sneer"] * np.clip(side * t, 0, None)
     gap = max(cue["open"], 0.0) * np.sqrt(1 - t**2)
     upper = np.stack([cx + half_w * t, mid - gap / 2 - cue["sneer"] * bump], axis=1)
     lower = np.stack([cx + half_w * t, mid + gap / 2], axis=1)
     if (lower[:, 1] - upper[:, 1]).max() < 2.0:
-        cv2.polylines(img, _poly(upper), False, ink, 4, _AA, _SHIFT)
+        cv2.polylines(img, _poly(upper), False, ink, 5, _AA, _SHIFT)
         return
     inside = int(ink + rng.uniform(0, 0.5) * (255 - ink))
     cv2.fillPoly(img, _poly(np.concatenate([upper, lower[::-1]])), inside, _AA, _SHIFT)
     if teeth is not None:
-        band = upper + [0, 0.45 * (lower[:, 1] - upper[:, 1]).max()]
+        band = [*upper, 0, 0.45 * (lower[:, 1] - upper[:, 1]).max()]
         cv2.fillPoly(img, _poly(np.concatenate([upper, band[::-1]])), teeth, _AA, _SHIFT)
-    cv2.polylines(img, _poly(upper), False, ink, 3, _AA, _SHIFT)
-    cv2.polylines(img, _poly(lower), False, ink, 3, _AA, _SHIFT)
+    cv2.polylines(img, _poly(upper), False, ink, 4, _AA, _SHIFT)
+    cv2.polylines(img, _poly(lower), False, ink, 4, _AA, _SHIFT)
 
 
 def _face(rng: np.random.Generator, label: int) -> np.ndarray:
     """Draws one upright face on a cluttered background; every size is jittered per sample (identity)."""
     img = _background(rng)
     skin = int(rng.uniform(90, 235))
-    ink = int(skin * rng.uniform(0.05, 0.35))
+    ink = int(skin * rng.uniform(0.05, 0.3))
     cx, cy = _C / 2 + rng.normal(0, 1), _C / 2 + 2 + rng.normal(0, 1)
     fw, fh = rng.uniform(31, 37), rng.uniform(39, 45)
     if rng.random() < 0.7:  # hair frames the head without touching the features
@@ -100,40 +100,36 @@ def _face(rng: np.random.Generator, label: int) -> np.ndarray:
         cv2.ellipse(img, _fx(cx, cy - 6), _fx(fw + 4, fh + 2), 0, 0, 360, hair, -1, _AA, _SHIFT)
     cv2.ellipse(img, _fx(cx, cy), _fx(fw, fh), 0, 0, 360, skin, -1, _AA, _SHIFT)
 
-    intensity = rng.uniform(0.7, 1.2)
+    intensity = rng.uniform(0.8, 1.2)
     cue = dict.fromkeys(("brow_up", "brow_tilt", "brow_pinch", "brow_arch", "eye_open", "mouth_w",
                          "curve", "open", "sneer", "wrinkle"), 0.0)
-    for key, delta in _CUES[label].items():
-        cue[key] = delta * intensity
-    for key in cue:
-        cue[key] += rng.normal(0, 0.6)
+    for key in cue:  # wrinkles are all-or-nothing, so they get no jitter
+        cue[key] = _CUES[label].get(key, 0.0) * intensity + (key != "wrinkle") * rng.normal(0, 0.6)
 
     eye_y, eye_dx = cy - 8 + rng.normal(0, 2.5), rng.uniform(11.5, 16)
     eye_w, eye_h = rng.uniform(6.0, 7.5), max(rng.uniform(3.0, 3.8) + cue["eye_open"], 0.6)
     sclera = int(np.clip(skin + rng.uniform(-10, 50), 0, 255))
-    brow_len, brow_gap = rng.uniform(10, 13), rng.uniform(7, 11)
+    brow_len, brow_y = rng.uniform(10, 13), eye_y - rng.uniform(10, 13)
     for s in (-1, 1):
         ex = cx + s * eye_dx
         if eye_h < 1.5:
-            cv2.line(img, _fx(ex - eye_w, eye_y), _fx(ex + eye_w, eye_y), ink, 2, _AA, _SHIFT)
+            cv2.line(img, _fx(ex - eye_w, eye_y), _fx(ex + eye_w, eye_y), ink, 3, _AA, _SHIFT)
         else:
             cv2.ellipse(img, _fx(ex, eye_y), _fx(eye_w, eye_h), 0, 0, 360, sclera, -1, _AA, _SHIFT)
             cv2.circle(img, _fx(ex, eye_y), round(min(eye_h, 3.0) * 16), ink, -1, _AA, _SHIFT)
-            cv2.ellipse(img, _fx(ex, eye_y), _fx(eye_w, eye_h), 0, 0, 360, ink, 1, _AA, _SHIFT)
-        base = eye_y - eye_h - brow_gap - cue["brow_up"] + 2
-        inner_x = ex - s * (brow_len / 2 + cue["brow_pinch"])
-        outer_x = ex + s * brow_len / 2
-        brow = np.array([[inner_x, base - cue["brow_tilt"] / 2],
-                         [(inner_x + outer_x) / 2, base - 1.5 - cue["brow_arch"]],
-                         [outer_x, base + cue["brow_tilt"] / 2]])
-        cv2.polylines(img, _poly(brow), False, ink, int(rng.integers(3, 6)), _AA, _SHIFT)
+            cv2.ellipse(img, _fx(ex, eye_y), _fx(eye_w, eye_h), 0, 0, 360, ink, 3, _AA, _SHIFT)
+        u = np.linspace(0.0, 1.0, 7)  # from the inner end (u = 0) to the outer end
+        bx = ex - s * (brow_len / 2 + cue["brow_pinch"]) + s * u * (brow_len + cue["brow_pinch"])
+        by = brow_y - cue["brow_up"] - cue["brow_tilt"] * (0.5 - u) - (1.5 + cue["brow_arch"]) * 4 * u * (1 - u)
+        brow = np.stack([bx, by], axis=1)
+        cv2.polylines(img, _poly(brow), False, ink, int(rng.integers(5, 8)), _AA, _SHIFT)
 
     nose_y = cy + 8 + rng.normal(0, 1)
     cv2.line(img, _fx(cx, eye_y + 3), _fx(cx + 1, nose_y), ink, 1, _AA, _SHIFT)
     cv2.ellipse(img, _fx(cx, nose_y), _fx(4, 2), 0, 0, 180, ink, 2, _AA, _SHIFT)
-    for i in range(round(max(cue["wrinkle"], 0) * 2.5)):  # disgust: wrinkled nose bridge
-        y = eye_y + 2 + 2.5 * i
-        cv2.line(img, _fx(cx - 4, y), _fx(cx + 4, y + 0.5), ink, 1, _AA, _SHIFT)
+    for i in range(round(cue["wrinkle"] * 2)):  # disgust: wrinkled nose bridge
+        y = eye_y + 1 + 3 * i
+        cv2.line(img, _fx(cx - 3.5, y), _fx(cx + 3.5, y + 0.5), ink, 2, _AA, _SHIFT)
 
     teeth = min(skin + 50, 255) if label == 3 and rng.random() < 0.6 else None
     if teeth is None and label == 3:
@@ -155,7 +151,7 @@ def _render(rng: np.random.Generator, label: int, max_rotation: float) -> np.nda
     theta = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(theta) * np.linspace(-1, 1, _C)[None, :] + np.sin(theta) * np.linspace(-1, 1, _C)[:, None])
     img *= 1 + rng.uniform(0, 0.35) * ramp
-    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.6))
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.2))
     return cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
 
 

@@ -69,8 +69,9 @@ def connect(cfg: MlflowConfig) -> str:
         except MlflowException:  # created meanwhile by a parallel experiment
             return client.get_experiment_by_name(cfg.experiment_name).experiment_id
     except Exception as e:
-        raise SystemExit(f"error: MLflow tracking server {redact(uri)} unreachable or failing: "
-                         f"{redact(str(e).splitlines()[0])[:200]} (mlflow.tracking_uri / MLFLOW_TRACKING_URI)") from None
+        reason = redact(str(e).splitlines()[0])[:200]
+        raise SystemExit(f"error: MLflow tracking server {redact(uri)} unreachable or failing: {reason} "
+                         "(set by mlflow.tracking_uri or MLFLOW_TRACKING_URI)") from None
 
 
 def git_state() -> dict[str, str]:

@@ -28,7 +28,8 @@ from pipeline import plots, tracking
 from pipeline.config import CLASSES, ClassWeight, Optimizer, Params, Schedule, TrainConfig, load_params
 from pipeline.files import atomic_path, load_split, write_json
 from pipeline.models import build_model, count_macs
-from pipeline.prepare import OUT_DIR as PREPARED, log_datasets
+from pipeline.prepare import OUT_DIR as PREPARED
+from pipeline.prepare import log_datasets
 
 MODEL_PATH = Path("models/model.keras")
 CHECKPOINTS = Path("models/checkpoints")

@@ -1,0 +1,129 @@
+"""Shared fixtures: a real `mlflow server` on 127.0.0.1 and one real `dvc repro` of the tiny preset.
+
+The repro runs once per session in a temporary copy of the working tree (its own git repo), against the
+server, and every integration test reads from it: the suite pays for one pipeline run, not one per test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+@dataclass
+class Server:
+    uri: str
+    process: subprocess.Popen
+    root: Path
+
+
+def start_mlflow_server(root: Path) -> Server:
+    port = free_port()
+    log = (root / "server.log").open("w")
+    process = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health")
+    except TimeoutError:
+        process.kill()
+        raise
+    return Server(uri, process, root)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=30)
+
+
+def copy_working_tree(dest: Path) -> None:
+    """The files git would see (tracked and new, not ignored), so tests run the code as it is now."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-4000:]}")
+    return result
+
+
+@dataclass
+class Repro:
+    path: Path
+    env: dict[str, str]
+    output: str
+    seconds: float
+
+
+def make_project_copy(dest: Path, env: dict[str, str], overrides: list[str]) -> None:
+    """A git repo holding the working tree with params.yaml composed from `overrides` and committed."""
+    dest.mkdir(parents=True)
+    copy_working_tree(dest)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    run(["git", "init", "-q"], dest, env)
+    run([sys.executable, "-m", "pipeline.config", *overrides], dest, env)
+    run([*git, "add", "-A"], dest, env)
+    run([*git, "commit", "-qm", "test copy"], dest, env)
+
+
+def project_env(tracking_uri: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MLFLOW_TRACKING_URI=tracking_uri,
+               GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@localhost", GIT_COMMITTER_NAME="test",
+               GIT_COMMITTER_EMAIL="test@localhost")
+    return env
+
+
+@pytest.fixture(scope="session")
+def repro(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Server) -> Repro:
+    """`dvc repro` of `experiment=tiny` in a fresh copy, logging to the real MLflow server."""
+    work = tmp_path_factory.mktemp("project") / "repo"
+    env = project_env(mlflow_server.uri)
+    make_project_copy(work, env, ["experiment=tiny"])
+    start = time.monotonic()
+    result = run(["dvc", "repro"], work, env, timeout=900)
+    return Repro(work, env, result.stdout + result.stderr, time.monotonic() - start)

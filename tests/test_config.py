@@ -1,0 +1,99 @@
+"""Composition of every config option, and the one-line errors a typo or a bad value produces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline.config import CONF_DIR, ConfigError, Params, compose, load_params, parse_params
+
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes_and_validates(group: str, option: str) -> None:
+    params = parse_params(compose([f"{group}={option}"]))
+    assert isinstance(params, Params)
+
+
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_every_experiment_preset_composes_and_validates(preset: str) -> None:
+    cfg = compose([f"experiment={preset}"])
+    parse_params(cfg)
+    # a preset is a short override file, not a copy of the whole config
+    assert len((CONF_DIR / "experiment" / f"{preset}.yaml").read_text().splitlines()) < 60
+
+
+def test_committed_params_yaml_equals_default_composition() -> None:
+    """Plain `dvc repro` reads params.yaml: it must be what `dvc exp run` would compose (`make params`)."""
+    committed = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "params.yaml"))
+    assert committed == OmegaConf.to_container(compose()), "params.yaml drifted from conf/: run `make params`"
+
+
+def _broken(path: str, value: object) -> OmegaConf:
+    cfg = compose()
+    OmegaConf.update(cfg, path, value, force_add=True)
+    return cfg
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("train.lrr", 0.1, "train.lrr: unknown key (allowed in train: epochs, "),
+    ("train.augment.zom", 0.1, "train.augment.zom: unknown key"),
+    ("train.lr", "fast", "train.lr: Value 'fast' of type 'str' could not be converted to Float"),
+    ("train.lr", -1.0, "train.lr = -1.0: must be > 0.0"),
+    ("data.val_fraction", 1.5, "data.val_fraction = 1.5: must be > 0.0 and < 1.0"),
+    ("train.optimizer", "adamax", "train.optimizer: Invalid value 'adamax', expected one of [adam, adamw, sgd]"),
+    ("model.name", "resnet", "model.name = 'resnet': must be one of seed_cnn, convnet"),
+    ("data.source", "imagenet", "data.source = 'imagenet': must be one of synthetic, fer2013, fer2013_csv"),
+    ("model.filters", [16, "x"], "model.filters[1]: Value 'x' of type 'str' could not be converted to Integer"),
+    ("trian.epochs", 3, "trian: unknown section (allowed: data, model, train,"),
+])
+def test_bad_key_or_value_names_the_key(key: str, value: object, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params(_broken(key, value))
+    assert str(err.value).startswith(expected)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_key_is_an_error_not_a_silent_default() -> None:
+    cfg = compose()
+    del cfg.train["epochs"]
+    with pytest.raises(ConfigError, match=r"^train.epochs: .*missing"):
+        parse_params(cfg)
+
+
+def test_load_params_exits_with_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    cfg = compose()
+    cfg.train.epochs = 0
+    path.write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(SystemExit, match=r"^error: .*params.yaml: train.epochs = 0: must be >= 1$"):
+        load_params(path)
+    path.write_text("train: [unclosed")
+    with pytest.raises(SystemExit, match="not valid YAML"):
+        load_params(path)
+    with pytest.raises(SystemExit, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_overrides_apply_on_top_of_params(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(OmegaConf.to_yaml(compose()))
+    assert load_params(path, ["train.epochs=3"]).train.epochs == 3
+
+
+def test_unknown_group_option_is_refused_by_composition() -> None:
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="seed_cnn"):
+        compose(["model=resnet"])
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)

@@ -1,0 +1,64 @@
+"""Architectures: registered by name, built from config, preprocessing inside the graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config import MODEL_SCHEMAS, compose, parse_params
+from pipeline.models import ARCHITECTURES, build_model, count_macs
+
+
+def model_cfg(option: str, **changes: object):
+    cfg = parse_params(compose([f"model={option}"])).model
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def test_every_schema_has_a_builder_and_back() -> None:
+    assert set(ARCHITECTURES) == set(MODEL_SCHEMAS)
+
+
+def test_seed_cnn_is_the_seed_architecture_exactly() -> None:
+    model = build_model(model_cfg("seed_cnn"))
+    assert model.count_params() == 4_232_199
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [128, 256, 512, 512]
+    assert all(c.padding == "valid" and c.kernel_size == (3, 3) for c in convs)
+    dense = [layer.units for layer in model.layers if layer.__class__.__name__ == "Dense"]
+    assert dense == [512, 256, 7]
+    dropout = [round(layer.rate, 2) for layer in model.layers if layer.__class__.__name__ == "Dropout"]
+    assert dropout == [0.4, 0.4, 0.4, 0.4, 0.4, 0.3]
+
+
+def test_models_take_raw_pixels_and_return_probabilities() -> None:
+    model = build_model(model_cfg("small_cnn"))
+    assert model.layers[1].name == "rescale"  # normalisation is part of the graph
+    out = model(np.full((2, 48, 48, 1), 255.0, np.float32), training=False).numpy()
+    assert out.shape == (2, 7)
+    assert np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_tta_flip_averages_the_mirrored_face() -> None:
+    cfg = model_cfg("small_cnn", tta_flip=True)
+    model = build_model(cfg)
+    x = np.random.default_rng(0).integers(0, 256, (1, 48, 48, 1)).astype(np.float32)
+    a = model(x, training=False).numpy()
+    b = model(x[:, :, ::-1], training=False).numpy()
+    assert np.allclose(a, b, atol=1e-5)  # symmetric by construction
+    plain = build_model(model_cfg("small_cnn"))
+    assert count_macs(model) == 2 * count_macs(plain)
+
+
+def test_mac_count_of_a_known_layer_stack() -> None:
+    cfg = model_cfg("small_cnn", filters=[8], convs_per_stage=1, dense=0)
+    # conv 48*48*8*3*3*1 + dense 8*7
+    assert count_macs(build_model(cfg)) == 48 * 48 * 8 * 9 + 8 * 7
+
+
+@pytest.mark.parametrize("separable", [False, True])
+def test_convnet_options_build(separable: bool) -> None:
+    cfg = model_cfg("small_cnn", separable=separable, stem_stride=2, dense=32, convs_per_stage=2)
+    model = build_model(cfg)
+    assert model.output_shape == (None, 7)

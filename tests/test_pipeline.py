@@ -1,0 +1,117 @@
+"""The whole pipeline for real: `dvc repro` on the tiny preset against a real `mlflow server`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.files import load_split
+from pipeline.runtime import TFLiteClassifier, resolve_model
+
+from .conftest import Repro, run
+
+pytestmark = pytest.mark.integration
+
+
+def declared_outputs(repo: Path) -> list[str]:
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    paths = []
+    for stage in stages.values():
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key, []):
+                paths.append(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return paths
+
+
+def test_every_declared_output_exists(repro: Repro) -> None:
+    for stage in ("prepare", "train", "quantize", "benchmark", "evaluate"):
+        assert f"Running stage '{stage}'" in repro.output
+    missing = [p for p in declared_outputs(repro.path) if not (repro.path / p).exists()]
+    assert not missing
+    for variant in ("float32", "float16", "dynamic", "int8"):
+        assert (repro.path / f"models/tflite/{variant}.tflite").stat().st_size > 0
+
+
+def test_metrics_have_their_keys(repro: Repro) -> None:
+    train = json.loads((repro.path / "metrics/train.json").read_text())
+    assert {"val_accuracy", "epochs", "params", "macs", "images_per_s"} <= set(train)
+    assert train["epochs"] == 2
+    bench = json.loads((repro.path / "metrics/benchmark.json").read_text())
+    assert {"latency", "size_bytes", "macs_per_face", "peak_gmacs", "share_of_peak_t1",
+            "frame_end_to_end_ms", "machine"} <= set(bench)
+    assert {"keras_call", "keras_predict", "int8_t1", "float32_t1", "frame_end_to_end"} <= set(bench["latency"])
+    evaluate = json.loads((repro.path / "metrics/evaluate.json").read_text())
+    assert {"accuracy", "macro_f1", "models", "promotion", "protocol", "baseline_logreg_accuracy"} <= set(evaluate)
+    for variant in ("keras", "float32", "float16", "dynamic", "int8"):
+        m = evaluate["models"][variant]
+        assert {"accuracy", "macro_f1", "per_class", "confusion", "agreement_with_keras"} <= set(m)
+        assert np.array(m["confusion"]).sum() == evaluate["test_size"]
+    assert evaluate["promotion"]["promoted"] is True
+
+
+def test_one_mlflow_run_holds_every_stage(repro: Repro, mlflow_server) -> None:
+    record = json.loads((repro.path / "runs/evaluate.json").read_text())
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    run_ = client.get_run(record["run_id"])
+    assert run_.info.status == "FINISHED"
+    assert all(run_.data.tags.get(f"pipeline.stage.{s}") == "done"
+               for s in ("prepare", "train", "quantize", "benchmark", "evaluate"))
+    assert run_.data.params["model.name"] == "convnet"
+    assert {"test_accuracy", "latency_ms", "size_kb_int8", "val_accuracy"} <= set(run_.data.metrics)
+    assert len(client.get_metric_history(run_.info.run_id, "val_accuracy")) >= 2  # a curve, per epoch
+    assert len(run_.data.tags["mlflow.source.git.commit"]) == 40
+    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
+    assert {"plots", "tflite", "train"} <= artifacts
+
+
+def test_registered_champion_reproduces_the_reported_accuracy(repro: Repro, mlflow_server, tmp_path) -> None:
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    registered = json.loads((repro.path / "models/registered.json").read_text())
+    uri = f"models:/{registered['name']}@champion"
+    model = resolve_model(uri, cache_dir=tmp_path)
+    assert model.version == registered["version"]
+    x, y = load_split(repro.path / "data/prepared/test.npz")
+    accuracy = float((TFLiteClassifier(model.tflite, model.labels).predict(x).argmax(1) == y).mean())
+    reported = json.loads((repro.path / "metrics/evaluate.json").read_text())["accuracy"]
+    assert accuracy == reported
+
+
+def test_mlflow_models_predict_serves_the_registered_pyfunc(repro: Repro, mlflow_server, tmp_path) -> None:
+    registered = json.loads((repro.path / "models/registered.json").read_text())
+    x, _ = load_split(repro.path / "data/prepared/test.npz")
+    (tmp_path / "input.json").write_text(json.dumps({"inputs": x[:3].tolist()}))
+    result = run(["mlflow", "models", "predict", "-m", f"models:/{registered['name']}/{registered['version']}",
+                  "-i", str(tmp_path / "input.json"), "-t", "json", "--env-manager", "local",
+                  "-o", str(tmp_path / "out.json")], tmp_path, repro.env)
+    scores = np.array(json.loads((tmp_path / "out.json").read_text())["predictions"])
+    assert scores.shape == (3, 7), result.stdout
+    assert np.allclose(scores.sum(axis=1), 1.0, atol=0.02)
+
+
+def test_repro_again_runs_no_stage(repro: Repro) -> None:
+    again = run(["dvc", "repro"], repro.path, repro.env)
+    assert "Running stage" not in again.stdout
+    assert "up to date" in again.stdout
+
+
+def test_dvc_exp_run_composes_hydra_overrides(repro: Repro, mlflow_server) -> None:
+    run(["dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1"], repro.path, repro.env, timeout=900)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repro.path, repro.env).stdout)
+    exps = [e for baseline in shown for e in (baseline.get("experiments") or [])]
+    names = {r.get("name") for e in exps for r in e.get("revs", [])}
+    assert "one-epoch" in names
+    rev = next(r for e in exps for r in e["revs"] if r.get("name") == "one-epoch")
+    params = rev["data"]["params"]["params.yaml"]["data"]
+    metrics = rev["data"]["metrics"]
+    assert params["train"]["epochs"] == 1
+    assert "accuracy" in metrics["metrics/evaluate.json"]["data"]
+    assert "registered_latency_ms_t1" in metrics["metrics/benchmark.json"]["data"]
+    runs = mlflow.MlflowClient(mlflow_server.uri).search_runs(
+        [mlflow.MlflowClient(mlflow_server.uri).get_experiment_by_name("fer-expression").experiment_id],
+        "tags.`dvc.exp_name` = 'one-epoch'")
+    assert runs and runs[0].data.params["train.epochs"] == "1"

@@ -1,0 +1,148 @@
+"""How stages share an MLflow run, end runs on failure, and promote by alias (real SQLite store)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from pipeline import tracking
+from pipeline.config import compose, parse_params
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture
+def params(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    return parse_params(compose())
+
+
+def test_uri_defaults_to_sqlite_under_the_repo_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    cfg = parse_params(compose()).mlflow
+    assert tracking.tracking_uri(cfg) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking.tracking_uri(cfg) == "http://127.0.0.1:1"
+
+
+def test_stages_of_one_execution_share_a_run(params) -> None:
+    with tracking.stage_run("prepare", params, upstream=None) as first:
+        assert not first.continued
+    with tracking.stage_run("train", params, upstream="prepare") as second:
+        assert second.continued
+    assert second.run_id == first.run_id
+    run = mlflow.MlflowClient().get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["pipeline.stage.prepare"] == run.data.tags["pipeline.stage.train"] == "done"
+    assert run.data.params["train.epochs"] == str(params.train.epochs)
+    assert json.loads(Path("runs/train.json").read_text())["run_id"] == first.run_id
+
+
+def test_a_stage_already_in_the_run_starts_a_new_execution(params) -> None:
+    with tracking.stage_run("prepare", params, upstream=None):
+        pass
+    with tracking.stage_run("train", params, upstream="prepare") as a:
+        pass
+    with tracking.stage_run("train", params, upstream="prepare") as b:  # e.g. `dvc exp run -S train.lr=..`
+        assert not b.continued
+    assert a.run_id != b.run_id
+
+
+def test_other_params_start_a_new_run(params) -> None:
+    with tracking.stage_run("prepare", params, upstream=None) as a:
+        pass
+    params.train.lr = params.train.lr / 2
+    with tracking.stage_run("train", params, upstream="prepare") as b:
+        pass
+    assert a.run_id != b.run_id
+
+
+def test_failure_marks_the_run_failed_and_writes_no_record(params) -> None:
+    with pytest.raises(RuntimeError), tracking.stage_run("prepare", params, upstream=None) as run:
+        raise RuntimeError("boom")
+    assert mlflow.MlflowClient().get_run(run.run_id).info.status == "FAILED"
+    assert not Path("runs/prepare.json").exists()
+
+
+def test_interrupt_marks_the_run_killed(params) -> None:
+    with pytest.raises(KeyboardInterrupt), tracking.stage_run("prepare", params, upstream=None) as run:
+        raise KeyboardInterrupt
+    assert mlflow.MlflowClient().get_run(run.run_id).info.status == "KILLED"
+    # and a killed run is never continued
+    with tracking.stage_run("train", params, upstream="prepare") as nxt:
+        assert not nxt.continued
+
+
+def test_runs_left_running_by_a_dead_process_are_marked_killed(params) -> None:
+    experiment_id = tracking.connect(params.mlflow)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    client = mlflow.MlflowClient()
+    orphan = client.create_run(experiment_id, tags={"pipeline.pid": dead, "pipeline.host": socket.gethostname()})
+    alive = client.create_run(experiment_id, tags={"pipeline.pid": str(os.getpid()),
+                                                   "pipeline.host": socket.gethostname()})
+    assert orphan.info.run_id in tracking.mark_stale_runs(experiment_id)
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    client.set_terminated(alive.info.run_id)
+
+
+def test_git_state_reports_commit_and_dirty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    Path("code.py").write_text("a = 1\n")
+    Path("params.yaml").write_text("x: 1\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    clean = tracking.git_state()
+    assert len(clean["commit"]) == 40 and clean["dirty"] == "false"
+    Path("params.yaml").write_text("x: 2\n")  # DVC rewrites params.yaml during `dvc exp run`: not dirty
+    assert tracking.git_state()["dirty"] == "false"
+    Path("code.py").write_text("a = 2\n")
+    assert tracking.git_state()["dirty"] == "true"
+
+
+def _version(name: str, digest: str, accuracy: float | None = None) -> str:
+    client = mlflow.MlflowClient()
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        client.create_registered_model(name)
+    tags = {"test_digest": digest} | ({"test_accuracy": str(accuracy)} if accuracy is not None else {})
+    return client.create_model_version(name, source="file:///nowhere", tags=tags).version
+
+
+def test_promotion_needs_a_strict_gain_on_the_same_test_split(params) -> None:
+    tracking.connect(params.mlflow)
+    name = "promo-test"
+    v1 = _version(name, "d1", 0.80)
+    assert tracking.promote(name, v1, "accuracy", 0.80, "d1")["reason"] == "no champion yet"
+    v2 = _version(name, "d1", 0.80)
+    tie = tracking.promote(name, v2, "accuracy", 0.80, "d1")
+    assert not tie["promoted"] and tie["champion"] == v1
+    v3 = _version(name, "d1", 0.85)
+    assert tracking.promote(name, v3, "accuracy", 0.85, "d1")["promoted"]
+    v4 = _version(name, "other-split", 0.99)
+    other = tracking.promote(name, v4, "accuracy", 0.99, "other-split")
+    assert not other["promoted"] and "another test split" in other["reason"]
+    assert mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version == v3
+
+
+def test_registered_name_includes_the_data_family(params) -> None:
+    assert tracking.registered_name(params) == "fer-expression-synthetic"
+    fer = parse_params(compose(["data=fer2013_csv"]))
+    assert tracking.registered_name(fer) == "fer-expression-fer2013"
