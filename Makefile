@@ -45,3 +45,6 @@ venv-lean: .venv-lean/.installed  ## the realtime runner alone: no TensorFlow
 	.venv-lean/bin/uv pip install -q --python .venv-lean/bin/python -r requirements-realtime.lock
 	.venv-lean/bin/uv pip install -q --python .venv-lean/bin/python --no-deps -e .
 	touch $@
+
+realtime-size: venv-lean  ## installed size of the realtime runner (lean venv) next to the full venv
+	bash benchmarks/lean_size.sh

@@ -131,6 +131,21 @@ class Schedule(StrEnum):
     onecycle = "onecycle"
 
 
+class Precision(StrEnum):
+    """Keras dtype policies. `mixed_bfloat16` speeds up CPUs with AVX512-BF16/AMX; `mixed_float16` GPUs."""
+
+    float32 = "float32"
+    mixed_bfloat16 = "mixed_bfloat16"
+    mixed_float16 = "mixed_float16"
+
+
+class Distribute(StrEnum):
+    """`mirrored` replicates the model on every visible GPU (tf.distribute.MirroredStrategy)."""
+
+    none = "none"
+    mirrored = "mirrored"
+
+
 class ClassWeight(StrEnum):
     none = "none"
     balanced = "balanced"
@@ -163,6 +178,8 @@ class TrainConfig:
     early_stopping_patience: int = _bounded(ge=0)
     seed: int = _required()
     deterministic: bool = _required()
+    precision: Precision = _required()
+    distribute: Distribute = _required()
     max_train_samples: int = _bounded(ge=0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -317,9 +334,20 @@ def load_params(path: Path = PARAMS_FILE, overrides: list[str] | None = None) ->
         raise SystemExit(f"error: {path}: {e}") from None
 
 
-def to_flat_dict(params: Params) -> dict[str, Any]:
-    """The resolved config as `section.key` pairs: what MLflow logs as params and lineage diffs."""
-    flat: dict[str, Any] = {}
+def override_value(value: Any) -> str:
+    """A value in Hydra override syntax, so a logged param can be replayed as `-S key=<value>`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    return str(value.value if isinstance(value, StrEnum) else value)
+
+
+def to_flat_dict(params: Params) -> dict[str, str]:
+    """The resolved config as `section.key` -> override-syntax value: MLflow params and lineage diffs."""
+    flat: dict[str, str] = {}
 
     def walk(obj: Any, prefix: str) -> None:
         for f in dataclasses.fields(obj):
@@ -327,8 +355,7 @@ def to_flat_dict(params: Params) -> dict[str, Any]:
             if dataclasses.is_dataclass(value):
                 walk(value, f"{prefix}{f.name}.")
             else:
-                flat[f"{prefix}{f.name}"] = [str(v) for v in value] if isinstance(value, list) else (
-                    str(value) if isinstance(value, StrEnum) else value)
+                flat[f"{prefix}{f.name}"] = override_value(value)
 
     walk(params, "")
     return flat

@@ -212,12 +212,11 @@ def crop_face(gray: np.ndarray, face: Face, size: int = 48, margin: float = 0.1)
     FER2013 faces are square and include a little forehead and chin, so a bare detector box
     (often narrower than tall) would be stretched and framed unlike the training data.
     """
-    gray = _to_gray(gray)
     height, width = gray.shape[:2]
     side = max(face.w, face.h) * (1.0 + 2.0 * margin)
     cx, cy = face.x + face.w / 2, face.y + face.h / 2
     x, y, w, h = _clip_box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2, width, height)
     if w <= 0 or h <= 0:  # a face wholly outside the frame: fall back to the nearest pixel
         x, y, w, h = min(max(x, 0), width - 1), min(max(y, 0), height - 1), 1, 1
-    crop = gray[y : y + h, x : x + w]
+    crop = _to_gray(gray[y : y + h, x : x + w])  # convert the crop, not the frame: same pixels, far less work
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA).astype(np.uint8, copy=False)

@@ -119,7 +119,8 @@ def main() -> None:
             "run_id": run.run_id, "variant": str(cfg.register), "tflite_sha256": sha,
             "data_source": report["source"], "data_path": report["path"], "protocol": report["protocol"],
             "train_digest": report["digests"]["train"], "test_digest": report["digests"]["test"],
-            "git_commit": tracking.git_state()["commit"],
+            "git_commit": tracking.git_state()["commit"], "git_dirty": tracking.git_state()["dirty"],
+            "dvc_data_md5": tracking.data_dependency_md5(params.data.path) or "",
         })
         record = {"name": name, "version": version, "run_id": run.run_id, "variant": str(cfg.register),
                   "tflite": str(registered), "tflite_sha256": sha}

@@ -25,6 +25,10 @@ class ModelError(RuntimeError):
     """A model that cannot be used here; the message is the one line the user sees."""
 
 
+class ModelNotRegistered(ModelError):
+    """The registry answered but holds no such name, alias or version, so a caller may fall back to another."""
+
+
 def default_threads() -> int:
     return os.cpu_count() or 1
 
@@ -43,11 +47,12 @@ class TFLiteClassifier:
             raise ModelError(f"{self.path}: not a loadable .tflite ({str(e).splitlines()[0]})") from None
         inp = self.interpreter.get_input_details()[0]
         out = self.interpreter.get_output_details()[0]
-        if tuple(inp["shape"]) != (1, 48, 48, 1):
-            raise ModelError(f"{self.path}: input shape {tuple(inp['shape'])}, expected (1, 48, 48, 1)")
+        in_shape, out_shape = tuple(inp["shape"].tolist()), tuple(out["shape"].tolist())  # ints, not np.int32
+        if in_shape != (1, 48, 48, 1):
+            raise ModelError(f"{self.path}: input shape {in_shape}, expected (1, 48, 48, 1)")
         self.labels = list(labels)
-        if tuple(out["shape"]) != (1, len(self.labels)):
-            raise ModelError(f"{self.path}: output shape {tuple(out['shape'])}, expected (1, {len(self.labels)})"
+        if out_shape != (1, len(self.labels)):
+            raise ModelError(f"{self.path}: output shape {out_shape}, expected (1, {len(self.labels)})"
                              f" for labels {self.labels}")
         self._in, self._out = inp["index"], out["index"]
         self._in_dtype = inp["dtype"]
@@ -127,8 +132,10 @@ def _download_registered(uri: str, cache_dir: str | Path | None) -> ResolvedMode
             name, _, version = name.partition("/")
             mv = client.get_model_version(name, version)
     except MlflowException as e:
-        raise ModelError(f"{uri}: not in the registry at {redact(mlflow.get_tracking_uri())} "
-                         f"({e.error_code}); run the pipeline (`make run`) to register one") from None
+        missing = e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no name / no alias
+        error = ModelNotRegistered if missing else ModelError
+        raise error(f"{uri}: not in the registry at {redact(mlflow.get_tracking_uri())} "
+                    f"({e.error_code}); run the pipeline (`make run`) to register one") from None
     source = client.get_model_version_download_uri(mv.name, mv.version)
     dest = Path(cache_dir or Path.home() / ".cache" / "fer-pipeline") / mv.name / str(mv.version)
     dest.mkdir(parents=True, exist_ok=True)

@@ -54,9 +54,10 @@ def _poly(points: np.ndarray) -> list[np.ndarray]:
 
 def _background(rng: np.random.Generator) -> np.ndarray:
     """A flat face on a flat background would let brightness templates work; clutter breaks that."""
-    img = np.full((_C, _C), rng.uniform(20, 235), np.uint8)
+    bg = rng.uniform(20, 235)
+    img = np.full((_C, _C), bg, np.uint8)
     for _ in range(rng.integers(2, 7)):
-        shade = int(rng.uniform(0, 255))
+        shade = int(np.clip(bg + rng.uniform(-90, 90), 0, 255))
         p, q = rng.uniform(0, _C, 2), rng.uniform(0, _C, 2)
         kind = rng.integers(3)
         if kind == 0:
@@ -72,7 +73,7 @@ def _mouth(img: np.ndarray, cx: float, cy: float, half_w: float, cue: dict[str, 
            teeth: int | None, side: int, rng: np.random.Generator) -> None:
     t = np.linspace(-1.0, 1.0, 21)
     bump = np.clip(side * t, 0, None) * (1 - t**2) * 2.6  # peaks near one corner: the sneer
-    mid = cy - cue["curve"] * t**2 - 0.4 * cue["sneer"] * np.clip(side * t, 0, None)
+    mid = cy - cue["curve"] * (t**2 - 0.4) - 0.4 * cue["sneer"] * np.clip(side * t, 0, None)
     gap = max(cue["open"], 0.0) * np.sqrt(1 - t**2)
     upper = np.stack([cx + half_w * t, mid - gap / 2 - cue["sneer"] * bump], axis=1)
     lower = np.stack([cx + half_w * t, mid + gap / 2], axis=1)
@@ -82,7 +83,8 @@ def _mouth(img: np.ndarray, cx: float, cy: float, half_w: float, cue: dict[str, 
     inside = int(ink + rng.uniform(0, 0.5) * (255 - ink))
     cv2.fillPoly(img, _poly(np.concatenate([upper, lower[::-1]])), inside, _AA, _SHIFT)
     if teeth is not None:
-        band = [*upper, 0, 0.45 * (lower[:, 1] - upper[:, 1]).max()]
+        band = upper.copy()  # teeth fill the top of the opening
+        band[:, 1] += 0.45 * (lower[:, 1] - upper[:, 1]).max()
         cv2.fillPoly(img, _poly(np.concatenate([upper, band[::-1]])), teeth, _AA, _SHIFT)
     cv2.polylines(img, _poly(upper), False, ink, 4, _AA, _SHIFT)
     cv2.polylines(img, _poly(lower), False, ink, 4, _AA, _SHIFT)
@@ -91,9 +93,9 @@ def _mouth(img: np.ndarray, cx: float, cy: float, half_w: float, cue: dict[str, 
 def _face(rng: np.random.Generator, label: int) -> np.ndarray:
     """Draws one upright face on a cluttered background; every size is jittered per sample (identity)."""
     img = _background(rng)
-    skin = int(rng.uniform(90, 235))
-    ink = int(skin * rng.uniform(0.05, 0.3))
-    cx, cy = _C / 2 + rng.normal(0, 1), _C / 2 + 2 + rng.normal(0, 1)
+    skin = int(rng.uniform(110, 240))
+    ink = int(skin * rng.uniform(0.0, 0.25))
+    cx, cy = _C / 2 + rng.normal(0, 2), _C / 2 + rng.normal(0, 2)
     fw, fh = rng.uniform(31, 37), rng.uniform(39, 45)
     if rng.random() < 0.7:  # hair frames the head without touching the features
         hair = int(rng.uniform(10, 200))
@@ -106,7 +108,7 @@ def _face(rng: np.random.Generator, label: int) -> np.ndarray:
     for key in cue:  # wrinkles are all-or-nothing, so they get no jitter
         cue[key] = _CUES[label].get(key, 0.0) * intensity + (key != "wrinkle") * rng.normal(0, 0.6)
 
-    eye_y, eye_dx = cy - 8 + rng.normal(0, 2.5), rng.uniform(11.5, 16)
+    eye_y, eye_dx = cy - 8 + rng.normal(0, 3), rng.uniform(11.5, 16)
     eye_w, eye_h = rng.uniform(6.0, 7.5), max(rng.uniform(3.0, 3.8) + cue["eye_open"], 0.6)
     sclera = int(np.clip(skin + rng.uniform(-10, 50), 0, 255))
     brow_len, brow_y = rng.uniform(10, 13), eye_y - rng.uniform(10, 13)
@@ -135,7 +137,7 @@ def _face(rng: np.random.Generator, label: int) -> np.ndarray:
     if teeth is None and label == 3:
         cue["open"] = min(cue["open"], 1.0)  # a closed smile half of the time
     side = 1 if rng.random() < 0.5 else -1
-    mouth_y = cy + 21 + rng.normal(0, 2.5)
+    mouth_y = cy + 20 + rng.normal(0, 3)
     _mouth(img, cx, mouth_y, rng.uniform(11, 14) + cue["mouth_w"], cue, ink, teeth, side, rng)
     return img
 
@@ -151,7 +153,7 @@ def _render(rng: np.random.Generator, label: int, max_rotation: float) -> np.nda
     theta = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(theta) * np.linspace(-1, 1, _C)[None, :] + np.sin(theta) * np.linspace(-1, 1, _C)[:, None])
     img *= 1 + rng.uniform(0, 0.35) * ramp
-    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.2))
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.1, 0.8))
     return cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
 
 

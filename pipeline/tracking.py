@@ -89,6 +89,18 @@ def git_state() -> dict[str, str]:
     return {"commit": commit or "unknown", "dirty": "true" if changes else "false"}
 
 
+def data_dependency_md5(data_path: str) -> str | None:
+    """The hash DVC recorded for the raw data (`${data.path}`) in dvc.lock, once prepare has run."""
+    import yaml
+
+    try:
+        lock = yaml.safe_load(Path("dvc.lock").read_text())
+        deps = lock["stages"]["prepare"]["deps"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return next((d.get("md5") or d.get("hash") for d in deps if d.get("path") == data_path), None)
+
+
 def params_digest(params: Params) -> str:
     return hashlib.sha256(json.dumps(to_flat_dict(params), sort_keys=True, default=str).encode()).hexdigest()
 
@@ -154,12 +166,15 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     tags = {"mlflow.source.git.commit": git["commit"], "git.dirty": git["dirty"], "dvc.exp_name": exp_name,
             "pipeline.params_digest": digest, "pipeline.data_family": params.data.family}
+    data_md5 = data_dependency_md5(params.data.path) if stage != "prepare" else None  # prepare's lock entry
+    # is written by DVC after prepare ends, so the first later stage records it
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
                            run_name=None if run_id else exp_name or f"repro-{git['commit'][:7]}",
                            tags=None if run_id else tags)
     try:
-        mlflow.set_tags({"pipeline.pid": str(os.getpid()), "pipeline.host": socket.gethostname()})
+        mlflow.set_tags({"pipeline.pid": str(os.getpid()), "pipeline.host": socket.gethostname()}
+                        | ({"dvc.data_md5": data_md5} if data_md5 else {}))
         if run_id is None:
             mlflow.log_params(to_flat_dict(params))
         how = "continuing" if run_id else "new"

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import plots, tracking
-from pipeline.config import CLASSES, ClassWeight, Optimizer, Params, Schedule, TrainConfig, load_params
+from pipeline.config import CLASSES, ClassWeight, Distribute, Optimizer, Params, Schedule, TrainConfig, load_params
 from pipeline.files import atomic_path, load_split, write_json
 from pipeline.models import build_model, count_macs
 from pipeline.prepare import OUT_DIR as PREPARED
@@ -169,6 +169,9 @@ def main() -> None:
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(str(cfg.precision))
+    mirrored = cfg.distribute == Distribute.mirrored
+    strategy = tf.distribute.MirroredStrategy() if mirrored else tf.distribute.get_strategy()
     x_train, y_train = load_split(PREPARED / "train.npz")
     x_val, y_val = load_split(PREPARED / "val.npz")
     if cfg.max_train_samples:
@@ -180,11 +183,12 @@ def main() -> None:
     with tracking.stage_run("train", params, upstream="prepare") as run:
         if not run.continued:
             log_datasets(json.loads((PREPARED / "report.json").read_text()))
-        model = build_model(params.model)
         steps = math.ceil(len(x_train) / cfg.batch_size)
-        model.compile(optimizer=optimizer(cfg, steps),
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                      metrics=["accuracy"])
+        with strategy.scope():
+            model = build_model(params.model)
+            model.compile(optimizer=optimizer(cfg, steps),
+                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                          metrics=["accuracy"])
         macs = count_macs(model)
         print(f"[train] {params.model.name}: {model.count_params():,} parameters, {macs / 1e6:.1f} M MACs/face; "
               f"{len(x_train)} train / {len(x_val)} val images, {cfg.epochs} epochs")
@@ -211,9 +215,11 @@ def main() -> None:
             "val_accuracy": float(val_acc), "val_loss": float(val_loss),
             "best_val_accuracy": max(r.get("val_accuracy", 0.0) for r in history),
             "epochs": len(history), "params": int(model.count_params()), "macs": macs,
-            "train_seconds": seconds,
+            "seconds": seconds,
             "images_per_s": float(np.median(progress.images_per_s)) if progress.images_per_s else 0.0,
         }
+        if cfg.precision != "float32":  # export a float32 graph: the converter and LiteRT want plain floats
+            model = float32_copy(model, params)
         with atomic_path(MODEL_PATH) as tmp:
             model.save(tmp)
         write_history(history)
@@ -225,6 +231,14 @@ def main() -> None:
         mlflow.log_artifact(str(HISTORY_PATH), "train")
     shutil.rmtree(ckpt, ignore_errors=True)  # finished: nothing left to resume
     print(f"[train] val accuracy {val_acc:.4f} after {len(history)} epochs in {seconds:.0f}s -> {MODEL_PATH}")
+
+
+def float32_copy(model: keras.Model, params: Params) -> keras.Model:
+    """The same weights in a float32 model (mixed-precision training keeps float32 master weights)."""
+    keras.mixed_precision.set_global_policy("float32")
+    clone = build_model(params.model)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def write_history(history: list[dict[str, float]]) -> None:

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from pipeline.config import CONF_DIR, ConfigError, Params, compose, load_params, parse_params
 
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "experiment")
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("experiment", "realtime"))
 
 
 def options(group: str) -> list[str]:

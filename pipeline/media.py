@@ -1,0 +1,156 @@
+"""Where the realtime runner's frames come from and where its annotated frames go.
+
+Sources: a webcam index, a video file, an RTSP/HTTP URL (anything `cv2.VideoCapture` opens), one image, or a
+folder of images. Each one that cannot be opened is a `RunError` with the one line the user sees; once running,
+a stream that ends or drops simply ends the run, and an unreadable image in a folder is skipped and counted.
+The sink encodes annotated video and images on its own thread, because encoding a 640x480 frame costs about as
+much as detecting and classifying it, and a user's per-frame latency should not include it.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.runtime import redact
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class RunError(RuntimeError):
+    """A source, output or detector that cannot be used; the message is the one line the user sees."""
+
+
+class ImageSource:
+    """One image or a folder of them; a file that does not decode is skipped and counted, not fatal."""
+
+    live = False
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths, self.index, self.skipped, self.fps = paths, 0, 0, 0.0
+
+    def read(self) -> tuple[np.ndarray | None, str]:
+        while self.index < len(self.paths):
+            path = self.paths[self.index]
+            self.index += 1
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is not None:
+                return frame, path.name
+            self.skipped += 1
+            print(f"note: {path}: not a readable image, skipped", file=sys.stderr)
+        return None, ""
+
+    def close(self) -> None:
+        pass
+
+
+class CaptureSource:
+    """A camera, video file or stream. A failed read ends the run; files get a few retries past a bad packet."""
+
+    def __init__(self, capture: cv2.VideoCapture, live: bool) -> None:
+        self.capture, self.live, self.skipped, self.index = capture, live, 0, 0
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if 0 < fps < 1000 else 0.0
+
+    def read(self) -> tuple[np.ndarray | None, str]:
+        for _ in range(1 if self.live else 4):
+            ok, frame = self.capture.read()
+            if ok and frame is not None:
+                self.index += 1
+                return frame, f"frame_{self.index - 1:06d}.jpg"
+        return None, ""
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+def open_source(spec: str, timeout_s: float) -> ImageSource | CaptureSource:
+    """Webcam index, URL, video file, image or folder; RunError with one line when it cannot be opened."""
+    if spec.isdigit():
+        capture = cv2.VideoCapture(int(spec))
+        if not capture.isOpened():
+            raise RunError(f"camera {spec} did not open (not connected, busy, or no permission); "
+                           f"try another index or source=path/to/video")
+        return CaptureSource(capture, live=True)
+    if "://" in spec:
+        ms = int(timeout_s * 1000)
+        capture = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
+                                                          cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        if not capture.isOpened():
+            raise RunError(f"stream {redact(spec)} did not open within {timeout_s:g} s")
+        return CaptureSource(capture, live=True)
+    path = Path(spec)
+    if path.is_dir():
+        try:
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        except OSError as e:
+            raise RunError(f"{path}: folder not readable ({e.strerror})") from None
+        if not images:
+            raise RunError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+        return ImageSource(images)
+    if not path.is_file():
+        raise RunError(f"{path}: no such file or folder (source takes a webcam index, a file, a folder or a URL)")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        if cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+            raise RunError(f"{path}: not a readable image")
+        return ImageSource([path])
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise RunError(f"{path}: not a readable video")
+    return CaptureSource(capture, live=False)
+
+
+class Sink(threading.Thread):
+    """Stores annotated frames (video and/or images) on its own thread, off the per-frame path.
+
+    A bounded queue makes the loop wait when encoding falls behind, rather than dropping frames or memory.
+    """
+
+    def __init__(self, video: str | None, images: str | None, fps: float) -> None:
+        super().__init__(name="fer-realtime-sink", daemon=True)
+        self.video, self.images, self.fps = video, Path(images) if images else None, fps or 25.0
+        self.queue: queue.Queue[tuple[np.ndarray, str] | None] = queue.Queue(maxsize=32)
+        self.writer: cv2.VideoWriter | None = None
+        self.size = (0, 0)
+        self.write_ns: list[int] = []
+        self.error: str | None = None
+
+    def open(self, frame: np.ndarray) -> None:
+        """Open the outputs on the first frame (its size sizes the video), so failures are one line up front."""
+        if self.video:
+            Path(self.video).parent.mkdir(parents=True, exist_ok=True)
+            codec = "mp4v" if self.video.lower().endswith(".mp4") else "MJPG"
+            self.size = (frame.shape[1], frame.shape[0])
+            self.writer = cv2.VideoWriter(self.video, cv2.VideoWriter_fourcc(*codec), self.fps, self.size)
+            if not self.writer.isOpened():
+                raise RunError(f"{self.video}: OpenCV cannot write this video (try a .avi or .mp4 path)")
+        if self.images:
+            self.images.mkdir(parents=True, exist_ok=True)
+        self.start()
+
+    def run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            start = time.perf_counter_ns()
+            frame, name = item
+            try:
+                if self.writer is not None:
+                    same = (frame.shape[1], frame.shape[0]) == self.size  # a folder may mix image sizes
+                    self.writer.write(frame if same else cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA))
+                if self.images and not cv2.imwrite(str(self.images / name), frame):
+                    raise OSError(f"cannot write {self.images / name}")
+            except (OSError, cv2.error) as e:
+                self.error = self.error or str(e).strip().splitlines()[0]
+            self.write_ns.append(time.perf_counter_ns() - start)
+
+    def close(self) -> None:
+        if self.is_alive():
+            self.queue.put(None)
+            self.join()
+        if self.writer is not None:
+            self.writer.release()

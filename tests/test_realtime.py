@@ -1,0 +1,247 @@
+"""The realtime runner on real inputs: a video written with OpenCV, an image folder, an HTTP MJPEG stream that
+drops, and the errors a user meets first. The runner runs as a subprocess, as a user starts it; the classifier
+is a tiny untrained Keras model converted here, so a fresh clone needs no pipeline run and no network.
+"""
+
+from __future__ import annotations
+
+import http.server
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.config import CLASSES, ConfigError
+from pipeline.realtime import Smoother, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tool(name: str) -> ModuleType:
+    """A script from benchmarks/ (not a package): the same helpers CI and the benchmark use."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+VIDEO = _tool("make_test_video")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained classifier: the runner's contract (shapes, labels, LiteRT), not accuracy, is under test."""
+    return _tool("tiny_model").make_tiny_model(tmp_path_factory.mktemp("model") / "model.tflite")
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[float, float, float]]]:
+    path = tmp_path_factory.mktemp("video") / "clip.avi"
+    return path, VIDEO.make_video(path, frames=60)
+
+
+def realtime(*overrides: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DISPLAY"))}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "pipeline.realtime", *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def frame_count(path: Path) -> int:
+    capture, n = cv2.VideoCapture(str(path)), 0
+    while capture.read()[0]:
+        n += 1
+    capture.release()
+    return n
+
+
+def test_video_run_finds_the_face_writes_json_lines_and_an_annotated_video(clip, tiny_model, tmp_path) -> None:
+    path, truth = clip
+    result = realtime(f"source={path}", f"model={tiny_model}", "display=false", "output.json=out/faces.jsonl",
+                      "output.video=out/annotated.avi", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "fer-realtime: 60 frames" in result.stdout and "end_to_end" in result.stdout
+    records = [json.loads(line) for line in (tmp_path / "out" / "faces.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(60))
+    hits = 0
+    for record, (cx, cy, size) in zip(records, truth, strict=True):
+        for face in record["faces"]:
+            x, y, w, h = face["box"]
+            assert face["label"] in CLASSES and set(face["probs"]) == set(CLASSES)
+            assert abs(sum(face["probs"].values()) - 1) < 2e-3 and face["score"] == max(face["probs"].values())
+            hits += x <= cx <= x + w and y <= cy <= y + h and 0.5 < w / size < 2
+    assert hits >= 0.9 * 60, f"the face was found in only {hits}/60 frames"
+    assert records[30]["time_s"] == pytest.approx(1.0, abs=1e-3)  # media time for files: frame / fps
+    assert frame_count(tmp_path / "out" / "annotated.avi") == 60
+
+
+def test_image_folder_run_writes_annotated_images_and_skips_a_corrupt_one(clip, tiny_model, tmp_path) -> None:
+    photo = cv2.imread(str(VIDEO.PHOTO))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, size in enumerate((90, 150, 240)):
+        cv2.imwrite(str(folder / f"face{i}.png"), VIDEO.render(photo, 320, 240, size))
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("ignored: not an image")
+    result = realtime(f"source={folder}", f"model={tiny_model}", "output.images=annotated", "output.json=-",
+                      cwd=tmp_path)  # display=true by default: there is no screen here, so it says so and goes on
+    assert result.returncode == 0, result.stderr
+    assert "running headless" in result.stderr and "broken.jpg: not a readable image, skipped" in result.stderr
+    assert "fer-realtime: 3 frames, 3 faces" in result.stderr and "1 skipped" in result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["image"] for r in records] == ["face0.png", "face1.png", "face2.png"]
+    assert all(len(r["faces"]) == 1 for r in records)
+    written = sorted(p.name for p in (tmp_path / "annotated").iterdir())
+    assert written == ["face0.png", "face1.png", "face2.png"]
+    assert cv2.imread(str(tmp_path / "annotated" / "face1.png")).shape == (480, 640, 3)
+
+
+@pytest.fixture
+def mjpeg_server() -> Iterator[tuple[str, int]]:
+    """An HTTP MJPEG camera on 127.0.0.1 that sends a few frames, then drops the connection."""
+    photo, frames = cv2.imread(str(VIDEO.PHOTO)), 12
+    jpegs = [cv2.imencode(".jpg", VIDEO.render(photo, *VIDEO.face_path(i, frames)))[1].tobytes()
+             for i in range(frames)]
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for jpeg in jpegs:
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%b\r\n"
+                                 % (len(jpeg), jpeg))
+                self.wfile.flush()
+                time.sleep(0.01)
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg", frames
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def test_stream_that_drops_ends_cleanly_with_the_summary(mjpeg_server, tiny_model, tmp_path) -> None:
+    url, frames = mjpeg_server
+    result = realtime(f"source={url}", f"model={tiny_model}", "display=false", "output.json=-", "timeout_s=5",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == frames
+    assert f"fer-realtime: {frames} frames" in result.stderr
+
+
+def _corrupt(tmp_path: Path, model: Path) -> str:
+    (tmp_path / "model.tflite").write_bytes(model.read_bytes()[:2000])
+    (tmp_path / "labels.json").write_text(json.dumps(list(CLASSES)))
+    return str(tmp_path / "model.tflite")
+
+
+def _blazeface(tmp_path: Path, model: Path) -> str:
+    (tmp_path / "blaze.tflite").write_bytes((REPO / "pipeline/assets/face_detection_short_range.tflite").read_bytes())
+    (tmp_path / "labels.json").write_text(json.dumps(list(CLASSES)))
+    return str(tmp_path / "blaze.tflite")
+
+
+@pytest.mark.parametrize(("source", "model", "expected"), [
+    ("7", None, "error: camera 7 did not open"),
+    ("missing.mp4", None, "error: missing.mp4: no such file or folder"),
+    ("CLIP", _corrupt, "not a loadable .tflite"),
+    ("CLIP", _blazeface, "input shape (1, 128, 128, 3), expected (1, 48, 48, 1)"),
+    ("CLIP", lambda tmp, model: str(tmp / "nothing.tflite"), "nothing.tflite: model file not found"),
+])
+def test_errors_are_one_clear_line_and_a_nonzero_exit(clip, tiny_model, tmp_path, source, model, expected) -> None:
+    model_arg = model(tmp_path, tiny_model) if model else str(tiny_model)
+    result = realtime(f"source={clip[0] if source == 'CLIP' else source}", f"model={model_arg}", "display=false",
+                      cwd=tmp_path)
+    assert result.returncode == 1
+    assert last_line(result.stderr).startswith("error: ") and expected in last_line(result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("existing_db", [False, True])
+def test_no_model_registered_says_how_to_make_one(clip, tmp_path, existing_db) -> None:
+    """An empty registry: no file at all (no stray mlflow.db is created), or a real but empty MLflow store."""
+    db = tmp_path / "registry" / "mlflow.db"
+    db.parent.mkdir()
+    if existing_db:
+        db.touch()
+    result = realtime(f"source={clip[0]}", f"tracking_uri=sqlite:///{db}", "display=false", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    line = last_line(result.stderr)
+    assert line.startswith(f"error: no model registered at sqlite:///{db}")
+    assert "models:/fer-expression-fer2013@champion and models:/fer-expression-synthetic@champion" in line
+    assert "`make run`" in line and "`dvc exp run -S experiment=fer2013`" in line
+    assert "trying models:/fer-expression-synthetic@champion" in result.stderr  # the fallback was tried, and said so
+    assert db.exists() == existing_db and not (tmp_path / "mlflow.db").exists()
+
+
+def test_runner_never_imports_tensorflow(clip, tiny_model, tmp_path) -> None:
+    code = ("import sys\nfrom pipeline.realtime import main\n"
+            f"try:\n    main(['source={clip[0]}', 'model={tiny_model}', 'display=false', 'max_frames=5'])\n"
+            "finally:\n    print('tensorflow loaded:', 'tensorflow' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert "fer-realtime: 5 frames" in result.stdout
+    assert "tensorflow loaded: False" in result.stdout
+
+
+def test_config_defaults_and_detector_choice() -> None:
+    cfg = load_config([])
+    assert cfg.model == "models:/fer-expression-fer2013@champion" and cfg.source == "0"
+    assert cfg.fallback_model == "models:/fer-expression-synthetic@champion" and cfg.detector.name == "blazeface"
+    haar = load_config(["detector=haar", "source=clip.mp4", "display=false", "output.json=-"])
+    assert haar.detector.name == "haar" and haar.detector.min_neighbors == 5
+    assert (haar.source, haar.display, haar.output.json) == ("clip.mp4", False, "-")
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["smoothing=1.5"], "smoothing = 1.5: must be < 1.0"),
+    (["threads=0"], "threads = 0: must be >= 1"),
+    (["min_face=big"], "min_face: Value 'big' of type 'str' could not be converted to Integer"),
+    (["colour=red"], "colour: unknown key (allowed: model, fallback_model,"),
+    (["+output.gif=a.gif"], "output.gif: unknown key"),
+    (["detector.threads=0"], "detector.threads = 0: must be >= 1"),
+    (["detector=mtcnn"], "Could not find 'detector/mtcnn' (options: blazeface, haar)"),
+])
+def test_bad_config_names_the_key(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides)
+    assert str(err.value).startswith(expected) or expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_config_exits_2(tmp_path) -> None:
+    result = realtime("smoothing=-1", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == "error: smoothing = -1.0: must be >= 0.0"
+
+
+def test_smoother_follows_a_face_by_iou_and_starts_new_faces_fresh() -> None:
+    smoother = Smoother(0.5)
+    a, b = np.eye(7, dtype=np.float32)[[0]], np.eye(7, dtype=np.float32)[[3]]
+    box = np.array([[100, 100, 80, 80]], np.float32)
+    assert smoother.update(box, a.copy())[0, 0] == 1.0
+    moved = smoother.update(box + 5, b.copy())  # same face, a little further: averaged with its past
+    assert moved[0, 0] == pytest.approx(0.5) and moved[0, 3] == pytest.approx(0.5)
+    elsewhere = smoother.update(box + 300, a.copy())  # no overlap: a new face, not smoothed
+    assert elsewhere[0, 0] == 1.0 and elsewhere[0, 3] == 0.0
+    assert Smoother(0.0).update(box, b.copy())[0, 3] == 1.0
