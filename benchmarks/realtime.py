@@ -86,6 +86,7 @@ def ensure_peer_venv() -> Path:
     python = PEER_VENV / "bin" / "python"
     if (PEER_VENV / ".installed").exists():
         return python
+    shutil.rmtree(PEER_VENV, ignore_errors=True)  # a half-built one from an interrupted install
     uv = REPO / ".venv" / "bin" / "uv"
     if uv.exists():
         subprocess.run([str(uv), "venv", "-q", "--python", sys.executable, str(PEER_VENV)], check=True)

@@ -94,16 +94,16 @@ def open_source(spec: str, timeout_s: float) -> ImageSource | CaptureSource:
         if not images:
             raise RunError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
         return ImageSource(images)
-    if not path.is_file():
+    if not path.exists():
         raise RunError(f"{path}: no such file or folder (source takes a webcam index, a file, a folder or a URL)")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         if cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
             raise RunError(f"{path}: not a readable image")
         return ImageSource([path])
-    capture = cv2.VideoCapture(str(path))
+    capture = cv2.VideoCapture(str(path))  # a video file, or a device such as /dev/video0
     if not capture.isOpened():
         raise RunError(f"{path}: not a readable video")
-    return CaptureSource(capture, live=False)
+    return CaptureSource(capture, live=path.is_char_device())
 
 
 class Sink(threading.Thread):
@@ -144,8 +144,8 @@ class Sink(threading.Thread):
                     self.writer.write(frame if same else cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA))
                 if self.images and not cv2.imwrite(str(self.images / name), frame):
                     raise OSError(f"cannot write {self.images / name}")
-            except (OSError, cv2.error) as e:
-                self.error = self.error or str(e).strip().splitlines()[0]
+            except Exception as e:  # any failure is reported at the end; a dead thread would block the loop
+                self.error = self.error or (str(e).strip().splitlines() or [type(e).__name__])[0]
             self.write_ns.append(time.perf_counter_ns() - start)
 
     def close(self) -> None:

@@ -156,12 +156,16 @@ def load_model(cfg: RealtimeConfig) -> ResolvedModel:
                                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
                 os.environ.setdefault(key, value)
             import mlflow
+            from mlflow.exceptions import MlflowException
 
             mlflow.set_tracking_uri(uri)
             try:
                 return resolve_model(model, cfg.cache_dir)
             except ModelNotRegistered:
                 pass
+            except (MlflowException, OSError) as e:  # registered, but its files cannot be fetched
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ModelError(f"{model}: download from {redact(uri)} failed ({reason})") from None
         if i + 1 < len(candidates):
             print(f"note: {model} is not registered at {redact(uri)}; trying {candidates[i + 1]}", file=sys.stderr)
     raise ModelError(f"no model registered at {redact(uri)} (looked for {' and '.join(candidates)}); {MAKE_A_MODEL}")
@@ -196,13 +200,19 @@ class Smoother:
         return probs
 
 
+def _text(frame: np.ndarray, text: str, origin: tuple[int, int], colour: tuple[int, int, int]) -> None:
+    """Text with a dark outline, legible on any background."""
+    for c, thickness in (((0, 0, 0), 4), (colour, 2)):
+        cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.6, c, thickness, cv2.LINE_AA)
+
+
 def draw(frame: np.ndarray, faces: list[Face], probs: np.ndarray, labels: list[str], fps: float) -> None:
     for face, p in zip(faces, probs, strict=True):
         k = int(p.argmax())
         cv2.rectangle(frame, (face.x, face.y), (face.x + face.w, face.y + face.h), (0, 220, 0), 2)
-        cv2.putText(frame, f"{labels[k]} {p[k]:.2f}", (face.x, max(face.y - 6, 14)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.6, (0, 220, 0), 2, cv2.LINE_AA)
-    cv2.putText(frame, f"{fps:.0f} FPS", (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 200, 255), 2, cv2.LINE_AA)
+        _text(frame, f"{labels[k]} {p[k]:.2f}", (face.x, max(face.y - 6, 14)), (0, 220, 0))
+    if fps > 0:  # none for a single image
+        _text(frame, f"{fps:.0f} FPS", (8, 22), (0, 200, 255))
 
 
 def json_line(index: int, time_s: float, faces: list[Face], probs: np.ndarray, labels: list[str], name: str) -> str:
@@ -244,7 +254,7 @@ class Stats:
         cols["end_to_end"] = sum(cols[s] for s in END_TO_END) if len(a) else np.zeros(0)
         cols["write (thread)"] = np.asarray(self.write_ns, dtype=np.float64) / 1e6
         return {k: {"mean_ms": float(v.mean()), "median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))}
-                for k, v in cols.items() if len(v)}
+                for k, v in cols.items() if v.any()}  # a step that never ran (draw when headless) is left out
 
     def summary(self) -> str:
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
@@ -313,7 +323,7 @@ def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
                 if to_stdout:
                     log.flush()
             t5 = clock()
-            stats.steps_ns.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3 if drawing else 0, t5 - t4))
+            stats.steps_ns.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3 if drawing else 0, t5 - t4 if log else 0))
             stats.frames += 1
             stats.faces += len(faces)
             if sink is not None:
@@ -351,7 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: exit 0 with a summary, 1 for a model/source/output problem, 2 for a config one."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.split("\n\n")[1] if __doc__ else "", "\nkeys: see conf/realtime/config.yaml")
+        print(f"usage:\n{(__doc__ or '').split(chr(10) * 2)[1]}\n\nkeys ({CONF_DIR / 'realtime'}):\n")
+        print((CONF_DIR / "realtime" / "config.yaml").read_text())
         return
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our one-line errors replace its warnings
     try:

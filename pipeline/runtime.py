@@ -132,10 +132,12 @@ def _download_registered(uri: str, cache_dir: str | Path | None) -> ResolvedMode
             name, _, version = name.partition("/")
             mv = client.get_model_version(name, version)
     except MlflowException as e:
-        missing = e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no name / no alias
-        error = ModelNotRegistered if missing else ModelError
-        raise error(f"{uri}: not in the registry at {redact(mlflow.get_tracking_uri())} "
-                    f"({e.error_code}); run the pipeline (`make run`) to register one") from None
+        where = redact(mlflow.get_tracking_uri())
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no such name / alias
+            raise ModelNotRegistered(f"{uri}: not in the registry at {where} ({e.error_code}); "
+                                     f"run the pipeline (`make run`) to register one") from None
+        reason = (str(e.message).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{uri}: the registry at {where} did not answer ({e.error_code}: {reason})") from None
     source = client.get_model_version_download_uri(mv.name, mv.version)
     dest = Path(cache_dir or Path.home() / ".cache" / "fer-pipeline") / mv.name / str(mv.version)
     dest.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The realtime runner on real inputs: a video written with OpenCV, an image folder, an HTTP MJPEG stream that
 drops, and the errors a user meets first. The runner runs as a subprocess, as a user starts it; the classifier
-is a tiny untrained Keras model converted here, so a fresh clone needs no pipeline run and no network.
+is a tiny untrained .tflite written here (benchmarks/tiny_model.py), so a fresh clone needs no pipeline run, no
+TensorFlow and no network.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ VIDEO = _tool("make_test_video")
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained classifier: the runner's contract (shapes, labels, LiteRT), not accuracy, is under test."""
+    """An untrained classifier written as a TFLite flatbuffer: the runner's contract, not accuracy, is under test."""
     return _tool("tiny_model").make_tiny_model(tmp_path_factory.mktemp("model") / "model.tflite")
 
 
@@ -89,6 +90,17 @@ def test_video_run_finds_the_face_writes_json_lines_and_an_annotated_video(clip,
     assert frame_count(tmp_path / "out" / "annotated.avi") == 60
 
 
+def test_the_pipelines_int8_export_runs_when_present(clip, tmp_path) -> None:
+    """The uint8-input int8 export from `make run`; a fresh clone has none, so this skips there."""
+    exported = REPO / "models" / "tflite" / "int8.tflite"
+    if not exported.is_file():
+        pytest.skip("no models/tflite/int8.tflite (run `make run`)")
+    result = realtime(f"source={clip[0]}", f"model={exported}", "display=false", "max_frames=20", "output.json=-",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sum(bool(json.loads(line)["faces"]) for line in result.stdout.splitlines()) >= 18
+
+
 def test_image_folder_run_writes_annotated_images_and_skips_a_corrupt_one(clip, tiny_model, tmp_path) -> None:
     photo = cv2.imread(str(VIDEO.PHOTO))
     folder = tmp_path / "photos"
@@ -108,6 +120,21 @@ def test_image_folder_run_writes_annotated_images_and_skips_a_corrupt_one(clip, 
     written = sorted(p.name for p in (tmp_path / "annotated").iterdir())
     assert written == ["face0.png", "face1.png", "face2.png"]
     assert cv2.imread(str(tmp_path / "annotated" / "face1.png")).shape == (480, 640, 3)
+
+
+def test_a_frame_with_twenty_faces_gets_twenty_labels(tiny_model, tmp_path) -> None:
+    """Haar here: BlazeFace short-range is for faces near the camera and misses 65 px faces in a 640x480 crowd."""
+    face = cv2.resize(cv2.imread(str(VIDEO.PHOTO))[40:220, 135:315], (120, 120))
+    crowd = np.full((480, 640, 3), 118, np.uint8)
+    for row in range(4):
+        for col in range(5):
+            crowd[row * 120 : (row + 1) * 120, col * 128 + 4 : col * 128 + 124] = face
+    cv2.imwrite(str(tmp_path / "crowd.png"), crowd)
+    result = realtime(f"source={tmp_path / 'crowd.png'}", f"model={tiny_model}", "display=false", "detector=haar",
+                      "output.json=-", "output.images=out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["faces"]) == 20
+    assert (tmp_path / "out" / "crowd.png").is_file()
 
 
 @pytest.fixture
