@@ -218,9 +218,17 @@ class BenchmarkConfig:
     detector: Detector = _required()
 
 
+class NewTestSplit(StrEnum):
+    """What promotion does when the champion was scored on another test split (not comparable)."""
+
+    keep = "keep"
+    promote = "promote"
+
+
 @dataclass
 class EvaluateConfig:
     promote_metric: Metric = _required()
+    new_test_split: NewTestSplit = _required()
     sample_grid: int = _bounded(ge=0, le=100)
     baseline_samples: int = _bounded(ge=0)
 

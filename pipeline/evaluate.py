@@ -135,7 +135,8 @@ def main() -> None:
         tracking.set_version_tags(registered["name"], registered["version"], {
             "test_accuracy": best["accuracy"], "test_macro_f1": best["macro_f1"]})
         decision = tracking.promote(registered["name"], registered["version"], str(cfg.promote_metric),
-                                    best[str(cfg.promote_metric)], report["digests"]["test"])
+                                    best[str(cfg.promote_metric)], report["digests"]["test"],
+                                    str(cfg.new_test_split))
         print(f"[evaluate] promotion of {registered['name']} v{registered['version']}: "
               f"{'promoted to' if decision['promoted'] else 'not'} champion ({decision['reason']})")
 

@@ -210,11 +210,13 @@ def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
         client.set_model_version_tag(name, version, key, str(value))
 
 
-def promote(name: str, version: str, metric: str, value: float, test_digest: str) -> dict[str, Any]:
+def promote(name: str, version: str, metric: str, value: float, test_digest: str,
+            on_new_test_split: str = "keep") -> dict[str, Any]:
     """Move `champion` to this version if it beats the current one on `metric` on the same test split.
 
-    Ties keep the current champion. A champion scored on another test split is not comparable and is
-    kept. A file lock under the repo serialises read-compare-set across parallel experiments.
+    Ties keep the current champion. A champion scored on another test split is not comparable: it is
+    kept unless `on_new_test_split` is "promote" (new test data, new reference). A file lock under the
+    repo serialises read-compare-set across parallel experiments.
     """
     from filelock import FileLock
 
@@ -230,8 +232,10 @@ def promote(name: str, version: str, metric: str, value: float, test_digest: str
         elif str(champion.version) == str(version):
             promote_it, reason = False, "already champion"
         elif champion.tags.get("test_digest") != test_digest:
-            promote_it, reason = False, (f"champion v{champion.version} was evaluated on another test split; "
-                                         "not comparable, kept")
+            promote_it = on_new_test_split == "promote"
+            reason = (f"champion v{champion.version} was evaluated on another test split; not comparable, "
+                      + ("replaced (evaluate.new_test_split=promote)" if promote_it
+                         else "kept (evaluate.new_test_split=keep)"))
         else:
             best = float(champion.tags.get(f"test_{metric}", "-inf"))
             promote_it = value > best

@@ -54,6 +54,8 @@ def augmenter(cfg: TrainConfig) -> keras.Sequential:
         steps.append(keras.layers.RandomBrightness(a.brightness, value_range=(0, 255), seed=seed + 4))
     if a.contrast:
         steps.append(keras.layers.RandomContrast(a.contrast, value_range=(0, 255), seed=seed + 5))
+    if not steps:  # Sequential refuses to build with no layers
+        steps.append(keras.layers.Identity())
     return keras.Sequential(steps, name="augment")
 
 

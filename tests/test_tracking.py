@@ -140,6 +140,8 @@ def test_promotion_needs_a_strict_gain_on_the_same_test_split(params) -> None:
     other = tracking.promote(name, v4, "accuracy", 0.99, "other-split")
     assert not other["promoted"] and "another test split" in other["reason"]
     assert mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version == v3
+    forced = tracking.promote(name, v4, "accuracy", 0.99, "other-split", on_new_test_split="promote")
+    assert forced["promoted"] and mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version == v4
 
 
 def test_registered_name_includes_the_data_family(params) -> None:
