@@ -176,6 +176,7 @@ class TrainConfig:
     label_smoothing: float = _bounded(ge=0.0, lt=1.0)
     class_weight: ClassWeight = _required()
     early_stopping_patience: int = _bounded(ge=0)
+    keep_best: bool = _required()
     seed: int = _required()
     deterministic: bool = _required()
     precision: Precision = _required()

@@ -202,9 +202,9 @@ def main() -> None:
         progress = EpochLog(cfg.epochs, len(x_train))
         callbacks = [keras.callbacks.BackupAndRestore(str(ckpt / "backup"), double_checkpoint=True),
                      keras.callbacks.CSVLogger(str(csv_log), append=True), progress]
-        if cfg.early_stopping_patience:
-            callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience,
-                                                           restore_best_weights=True))
+        if cfg.early_stopping_patience or cfg.keep_best:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                "val_accuracy", patience=cfg.early_stopping_patience or cfg.epochs, restore_best_weights=cfg.keep_best))
         start = time.perf_counter()
         model.fit(make_dataset(x_train, y_train, cfg, training=True), epochs=cfg.epochs, verbose=0, shuffle=False,
                   validation_data=make_dataset(x_val, y_val, cfg, training=False),
