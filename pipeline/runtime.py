@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,14 +154,12 @@ def _download_registered(uri: str, cache_dir: str | Path | None) -> ResolvedMode
     return ResolvedModel(files[MODEL_FILE], read_labels(files[LABELS_FILE]), uri, str(mv.version))
 
 
-def redact(uri: str) -> str:
-    """A tracking URI without credentials, for logs and reports."""
-    from urllib.parse import urlsplit, urlunsplit
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
 
-    parts = urlsplit(uri)
-    if parts.password or parts.username:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-    return uri
+
+def redact(text: str) -> str:
+    """`text` with the user:password of every URL in it replaced by ***: for logs, errors and reports.
+
+    Applied to whole messages, not just URIs, because client errors quote the URL they failed on.
+    """
+    return _CREDENTIALS.sub(r"\g<scheme>***@", text)

@@ -56,6 +56,7 @@ def connect(cfg: MlflowConfig) -> str:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # it prints credentials; we print a redacted link
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
@@ -150,6 +151,12 @@ class StageRun:
     continued: bool
 
 
+def _end_run_quietly(status: int) -> None:
+    """End the active run with `status`; if the store itself is gone, the next start marks it stale."""
+    with contextlib.suppress(Exception):  # the stage is failing anyway: its own error is the one to show
+        mlflow.end_run(RunStatus.to_string(status))
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -178,14 +185,20 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
         if run_id is None:
             mlflow.log_params(to_flat_dict(params))
         how = "continuing" if run_id else "new"
-        print(f"[{stage}] MLflow run {run.info.run_id} ({how}) at {redact(tracking_uri(params.mlflow))}")
+        uri = redact(tracking_uri(params.mlflow))
+        where = f"{uri}/#/experiments/{experiment_id}/runs/{run.info.run_id}" if uri.startswith("http") else uri
+        print(f"[{stage}] MLflow run {run.info.run_id} ({how}) at {where}")
         yield StageRun(run.info.run_id, continued=run_id is not None)
         mlflow.set_tag(f"pipeline.stage.{stage}", "done")
     except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        _end_run_quietly(RunStatus.KILLED)
         raise
+    except (MlflowException, OSError) as e:  # the tracking server failed or went away mid-stage
+        _end_run_quietly(RunStatus.FAILED)
+        reason = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)[:240]
+        raise SystemExit(f"error: [{stage}] MLflow at {redact(tracking_uri(params.mlflow))} failed: {reason}") from None
     except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        _end_run_quietly(RunStatus.FAILED)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -6,8 +6,10 @@ server, and every integration test reads from it: the suite pays for one pipelin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +49,12 @@ class Server:
     process: subprocess.Popen
     root: Path
 
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the server's whole process group: `mlflow server` serves from worker children."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        self.process.wait(timeout=30)
+
 
 def start_mlflow_server(root: Path) -> Server:
     port = free_port()
@@ -54,12 +62,12 @@ def start_mlflow_server(root: Path) -> Server:
     process = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root)
+        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{uri}/health")
     except TimeoutError:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         raise
     return Server(uri, process, root)
 
@@ -68,8 +76,7 @@ def start_mlflow_server(root: Path) -> Server:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
     yield server
-    server.process.terminate()
-    server.process.wait(timeout=30)
+    server.stop()
 
 
 def copy_working_tree(dest: Path) -> None:

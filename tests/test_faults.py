@@ -1,0 +1,260 @@
+"""Faults a user will cause, each with real processes: bad data and config, kills, servers that go away,
+parallel experiments. What the user sees (one line), and what is kept (nothing half-written)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline.config import compose
+from pipeline.files import atomic_path, write_json
+
+from .conftest import Repro, free_port, make_project_copy, project_env, run, start_mlflow_server
+
+pytestmark = pytest.mark.integration
+
+TINY = ["experiment=tiny"]
+
+
+def stage_dir(tmp_path: Path, overrides: list[str], tracking_uri: str | None = None) -> tuple[Path, dict]:
+    """A bare working directory with a composed params.yaml: stages need nothing else to run."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    (work / "params.yaml").write_text(OmegaConf.to_yaml(compose(overrides)))
+    env = project_env(tracking_uri or f"sqlite:///{work / 'mlflow.db'}")
+    return work, env
+
+
+def stage(name: str, work: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"pipeline.{name}"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------- bad data, bad config
+def test_bad_csv_row_stops_prepare_with_one_line_and_no_output(tmp_path: Path) -> None:
+    csv = tmp_path / "fer.csv"
+    csv.write_text("emotion,pixels,Usage\n3," + " ".join(["1"] * 2303) + ",Training\n")
+    work, env = stage_dir(tmp_path, ["data=fer2013_csv", f"data.path={csv}"])
+    result = stage("prepare", work, env)
+    assert result.returncode == 1
+    assert last_line(result) == f"error: {csv}:2: 2303 pixel values, expected 2304"
+    assert not (work / "data").exists()
+
+
+def test_any_section_typo_stops_the_first_stage_before_it_works(tmp_path: Path) -> None:
+    work, env = stage_dir(tmp_path, [*TINY, "+evaluate.promote_metirc=accuracy"])
+    result = stage("prepare", work, env)
+    assert result.returncode == 1
+    assert "params.yaml: evaluate.promote_metirc: unknown key (allowed in evaluate: promote_metric" in last_line(
+        result)
+    assert not (work / "data").exists() and not (work / "mlflow.db").exists()
+
+
+def test_unknown_group_option_names_the_allowed_values(tmp_path: Path) -> None:
+    work, env = stage_dir(tmp_path, TINY)
+    params = OmegaConf.load(work / "params.yaml")
+    params.model.name = "resnet"
+    (work / "params.yaml").write_text(OmegaConf.to_yaml(params))
+    result = stage("prepare", work, env)
+    assert last_line(result).endswith("params.yaml: model.name = 'resnet': must be one of seed_cnn, convnet")
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    write_json(target, {"accuracy": 0.9})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"accura')
+        raise RuntimeError("killed mid-write")
+    assert json.loads(target.read_text()) == {"accuracy": 0.9}
+    assert list(tmp_path.iterdir()) == [target]
+
+
+# ---------------------------------------------------------------- interruption
+def _wait_for_epochs(work: Path, n: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = list((work / "models" / "checkpoints").glob("*/history.csv"))
+        if logs and len(logs[0].read_text().strip().splitlines()) - 1 >= n:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"train ended early: {process.communicate()}")
+        time.sleep(0.05)
+    raise TimeoutError(f"no {n} epochs within {timeout}s")
+
+
+def _run_status(work: Path, env: dict, run_id: str) -> str:
+    return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(run_id).info.status
+
+
+def test_killed_training_resumes_and_finishes_with_the_same_epochs(tmp_path: Path) -> None:
+    work, env = stage_dir(tmp_path, [*TINY, "train.epochs=6"])
+    assert stage("prepare", work, env).returncode == 0
+    run_id = json.loads((work / "runs/prepare.json").read_text())["run_id"]
+
+    # SIGINT (Ctrl-C) after the first epoch: the run ends KILLED, no model is written
+    train = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=work, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    _wait_for_epochs(work, 1, train)
+    train.send_signal(signal.SIGINT)
+    train.communicate(timeout=120)
+    assert train.returncode != 0
+    assert _run_status(work, env, run_id) == "KILLED"
+    assert not (work / "models/model.keras").exists()
+
+    # SIGKILL after a further epoch: nothing can end the run, so the next start marks it KILLED
+    train = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=work, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    _wait_for_epochs(work, 3, train)
+    train.kill()
+    train.communicate(timeout=60)
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("fer-expression").experiment_id
+    killed_run = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+    assert len(killed_run) == 1
+    assert not (work / "models/model.keras").exists()
+
+    final = stage("train", work, env)
+    assert final.returncode == 0, final.stderr
+    assert f"marked stale run {killed_run[0].info.run_id} KILLED" in final.stdout
+    assert "resuming after epoch" in final.stdout
+    assert _run_status(work, env, killed_run[0].info.run_id) == "KILLED"
+    metrics = json.loads((work / "metrics/train.json").read_text())
+    assert metrics["epochs"] == 6
+    history = (work / "plots/train/history.csv").read_text().strip().splitlines()
+    assert [int(line.split(",")[0]) for line in history[1:]] == [1, 2, 3, 4, 5, 6]
+    assert (work / "models/model.keras").exists()
+    assert not list((work / "models/checkpoints").iterdir())  # finished: nothing left to resume
+
+
+def test_a_checkpoint_made_with_other_params_is_not_resumed(tmp_path: Path) -> None:
+    work, env = stage_dir(tmp_path, [*TINY, "train.epochs=1"])
+    assert stage("prepare", work, env).returncode == 0
+    stale = work / "models" / "checkpoints" / "0123456789abcdef"
+    stale.mkdir(parents=True)
+    (stale / "history.csv").write_text("epoch,accuracy,loss\n0,0.5,1.0\n")
+    result = stage("train", work, env)
+    assert result.returncode == 0, result.stderr
+    assert "removing stale checkpoint" in result.stdout and "resuming" not in result.stdout
+    assert not stale.exists()
+
+
+# ---------------------------------------------------------------- services
+def test_unreachable_server_at_start_is_a_clear_error_within_30s(tmp_path: Path) -> None:
+    work, env = stage_dir(tmp_path, TINY, tracking_uri=f"http://user:s3cret@127.0.0.1:{free_port()}")
+    start = time.monotonic()
+    result = stage("prepare", work, env, timeout=60)
+    assert time.monotonic() - start < 30
+    assert result.returncode == 1
+    assert last_line(result).startswith("error: MLflow tracking server http://***@127.0.0.1:")
+    assert "unreachable" in last_line(result)
+    assert "s3cret" not in result.stdout + result.stderr
+    assert not (work / "data").exists()
+
+
+def test_server_going_away_mid_training_fails_cleanly(tmp_path: Path) -> None:
+    server = start_mlflow_server(tmp_path)
+    try:
+        work, env = stage_dir(tmp_path, [*TINY, "train.epochs=40"], tracking_uri=server.uri)
+        assert stage("prepare", work, env).returncode == 0
+        train = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=work, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for_epochs(work, 1, train)
+    finally:
+        server.stop(signal.SIGKILL)
+    gone = time.monotonic()
+    _, err = train.communicate(timeout=120)
+    assert time.monotonic() - gone < 30
+    assert train.returncode == 1
+    assert err.strip().splitlines()[-1].startswith(f"error: [train] MLflow at {server.uri} failed:")
+    assert not (work / "models/model.keras").exists()
+    assert list((work / "models/checkpoints").glob("*/backup"))  # the checkpoint survives for a resume
+
+
+def test_credentials_never_reach_logs_or_outputs(tmp_path: Path, mlflow_server) -> None:
+    uri = mlflow_server.uri.replace("http://", "http://alice:hunter2@")
+    work, env = stage_dir(tmp_path, TINY, tracking_uri=uri)
+    result = stage("prepare", work, env)
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "hunter2" not in (work / "runs/prepare.json").read_text()
+    assert "http://***@127.0.0.1" in result.stdout
+
+
+# ---------------------------------------------------------------- reproducibility
+def test_same_seed_gives_identical_arrays_and_deterministic_training_identical_metrics(tmp_path: Path) -> None:
+    work, env = stage_dir(tmp_path, [*TINY, "train.deterministic=true"])
+    results = []
+    for _ in range(2):
+        assert stage("prepare", work, env).returncode == 0
+        arrays = {p.name: p.read_bytes() for p in (work / "data/prepared").glob("*.npz")}
+        result = stage("train", work, env)
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads((work / "metrics/train.json").read_text())
+        results.append((arrays, {k: metrics[k] for k in ("val_accuracy", "val_loss", "best_val_accuracy")}))
+    assert results[0][0] == results[1][0]
+    assert results[0][1] == results[1][1]
+
+
+# ---------------------------------------------------------------- concurrency
+def test_two_queued_experiments_in_parallel_against_a_server(tmp_path: Path, mlflow_server, repro: Repro) -> None:
+    work = tmp_path / "repo"
+    env = project_env(mlflow_server.uri)
+    make_project_copy(work, env, TINY)
+    run(["dvc", "exp", "run", "--queue", "-n", "q-one", "-S", "train.epochs=1"], work, env)
+    run(["dvc", "exp", "run", "--queue", "-n", "q-three", "-S", "train.epochs=3"], work, env)
+    run(["dvc", "queue", "start", "-j", "2"], work, env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], work, env).stdout
+        if "Running" not in status and "Queued" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", "q-one"], work, env).stdout
+
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("fer-expression").experiment_id
+    runs = {}
+    for name in ("q-one", "q-three"):
+        found = client.search_runs([experiment], f"tags.`dvc.exp_name` = '{name}'")
+        assert len(found) == 1, name
+        runs[name] = found[0]
+        assert found[0].info.status == "FINISHED"
+        assert all(found[0].data.tags.get(f"pipeline.stage.{s}") == "done"
+                   for s in ("prepare", "train", "quantize", "benchmark", "evaluate"))
+    versions = {r.data.tags["registered_version"] for r in runs.values()}
+    assert len(versions) == 2
+    # the champion is the best version scored on this test split (the repro fixture's included)
+    digest = json.loads((repro.path / "metrics/evaluate.json").read_text())["test_digest"]
+    same_split = [v for v in client.search_model_versions("name='fer-expression-synthetic'")
+                  if v.tags.get("test_digest") == digest and "test_accuracy" in v.tags]
+    best = max(float(v.tags["test_accuracy"]) for v in same_split)
+    champion = client.get_model_version_by_alias("fer-expression-synthetic", "champion")
+    assert float(champion.tags["test_accuracy"]) == best
+
+
+def test_sha256_mismatch_refuses_to_run(repro: Repro, mlflow_server, tmp_path: Path) -> None:
+    from pipeline.runtime import ModelError, resolve_model
+
+    registered = json.loads((repro.path / "models/registered.json").read_text())
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    client.set_model_version_tag(registered["name"], registered["version"], "tflite_sha256", "0" * 64)
+    try:
+        with pytest.raises(ModelError, match="does not match the registered 000000000000; refusing"):
+            resolve_model(f"models:/{registered['name']}/{registered['version']}", cache_dir=tmp_path)
+    finally:
+        client.set_model_version_tag(registered["name"], registered["version"], "tflite_sha256",
+                                     registered["tflite_sha256"])
+
