@@ -9,6 +9,7 @@ much as detecting and classifying it, and a user's per-frame latency should not 
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -115,6 +116,9 @@ class Sink(threading.Thread):
     def __init__(self, video: str | None, images: str | None, fps: float) -> None:
         super().__init__(name="fer-realtime-sink", daemon=True)
         self.video, self.images, self.fps = video, Path(images) if images else None, fps or 25.0
+        # Written under a temporary name (same folder, same extension for the codec) and renamed at the end,
+        # so an interrupted run never leaves a truncated file under the name the user asked for.
+        self.partial = str(Path(video).with_name(f".partial-{Path(video).name}")) if video else ""
         self.queue: queue.Queue[tuple[np.ndarray, str] | None] = queue.Queue(maxsize=32)
         self.writer: cv2.VideoWriter | None = None
         self.size = (0, 0)
@@ -127,7 +131,7 @@ class Sink(threading.Thread):
             Path(self.video).parent.mkdir(parents=True, exist_ok=True)
             codec = "mp4v" if self.video.lower().endswith(".mp4") else "MJPG"
             self.size = (frame.shape[1], frame.shape[0])
-            self.writer = cv2.VideoWriter(self.video, cv2.VideoWriter_fourcc(*codec), self.fps, self.size)
+            self.writer = cv2.VideoWriter(self.partial, cv2.VideoWriter_fourcc(*codec), self.fps, self.size)
             if not self.writer.isOpened():
                 raise RunError(f"{self.video}: OpenCV cannot write this video (try a .avi or .mp4 path)")
         if self.images:
@@ -154,3 +158,4 @@ class Sink(threading.Thread):
             self.join()
         if self.writer is not None:
             self.writer.release()
+            os.replace(self.partial, self.video)  # complete: only now does it take the real name

@@ -283,9 +283,11 @@ def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
     sink = Sink(cfg.output.video, cfg.output.images, source.fps) if cfg.output.video or cfg.output.images else None
     to_stdout = cfg.output.json == "-"
     log: TextIO | None = stdout if to_stdout else None
-    if cfg.output.json and not to_stdout:
-        Path(cfg.output.json).parent.mkdir(parents=True, exist_ok=True)
-        log = open(cfg.output.json, "w", buffering=1 << 16)  # noqa: SIM115 (closed in finally)
+    json_partial: Path | None = None
+    if cfg.output.json and not to_stdout:  # renamed to output.json when the run ends: never a truncated file
+        json_partial = Path(cfg.output.json).with_name(f".partial-{Path(cfg.output.json).name}")
+        json_partial.parent.mkdir(parents=True, exist_ok=True)
+        log = open(json_partial, "w", buffering=1 << 16)  # noqa: SIM115 (closed in finally)
 
     labels = classifier.labels
     stats = Stats(model=f"{resolved.uri}" + (f" (version {resolved.version})" if resolved.version else ""))
@@ -345,8 +347,9 @@ def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
         if sink is not None:
             sink.close()
             stats.write_ns = sink.write_ns
-        if log is not None and not to_stdout:
+        if json_partial is not None and log is not None:
             log.close()
+            os.replace(json_partial, cfg.output.json)
         if display:
             cv2.destroyAllWindows()
     stats.skipped = source.skipped
