@@ -89,12 +89,17 @@ def main() -> None:
         latency["frame_end_to_end"] = time_calls(end_to_end, cfg.runs, cfg.warmup)
 
         variant_t1 = latency[f"{registered['variant']}_t1"]["median_ms"]
+        # Achieved GMAC/s per variant at 1 thread. The peak is float32 FMA; int8 can exceed it on CPUs with
+        # VNNI (4 int8 MACs per lane), so only the float32 variant's share reads as "how close to the floor".
+        achieved = {name.removesuffix("_t1"): macs / (v["median_ms"] / 1e3) / 1e9
+                    for name, v in latency.items() if name.endswith("_t1")}
         metrics = {
             "machine": machine(), "macs_per_face": macs, "peak_gmacs": peak,
             "registered_variant": registered["variant"], "detector": cfg.detector,
             "latency": latency, "size_bytes": sizes,
             "registered_latency_ms_t1": variant_t1,
-            "share_of_peak_t1": macs / (variant_t1 / 1e3) / (peak["1"] * 1e9),
+            "achieved_gmacs_t1": achieved,
+            "share_of_peak_t1": achieved.get("float32", 0.0) / peak["1"],
             "frame_end_to_end_ms": latency["frame_end_to_end"]["median_ms"],
         }
         write_json(METRICS_PATH, metrics)
@@ -108,8 +113,9 @@ def main() -> None:
         mlflow.log_artifact(str(CHART_PATH), "plots")
     for name, v in latency.items():
         print(f"[benchmark] {name:18s} median {v['median_ms']:8.3f} ms   p90 {v['p90_ms']:8.3f} ms")
-    print(f"[benchmark] {macs / 1e6:.1f} M MACs/face; {registered['variant']} at 1 thread reaches "
-          f"{metrics['share_of_peak_t1']:.1%} of the measured {peak['1']:.1f} GMAC/s peak")
+    print(f"[benchmark] {macs / 1e6:.1f} M MACs/face; measured float32 peak {peak['1']:.1f} GMAC/s (1 thread), "
+          f"float32 model reaches {metrics['share_of_peak_t1']:.0%} of it; "
+          + ", ".join(f"{k} {v:.1f}" for k, v in achieved.items()) + " GMAC/s")
 
 
 if __name__ == "__main__":

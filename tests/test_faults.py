@@ -223,6 +223,15 @@ def test_two_queued_experiments_in_parallel_against_a_server(tmp_path: Path, mlf
         time.sleep(3)
     assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", "q-one"], work, env).stdout
 
+    # `-S` went through Hydra into each experiment's params, and `dvc exp show` lists accuracy and latency
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], work, env).stdout)
+    revs = {r.get("name"): r for b in shown for e in (b.get("experiments") or []) for r in e.get("revs", [])}
+    for name, epochs in (("q-one", 1), ("q-three", 3)):
+        data = revs[name]["data"]
+        assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == epochs
+        assert "accuracy" in data["metrics"]["metrics/evaluate.json"]["data"]
+        assert "registered_latency_ms_t1" in data["metrics"]["metrics/benchmark.json"]["data"]
+
     client = mlflow.MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("fer-expression").experiment_id
     runs = {}

@@ -98,20 +98,3 @@ def test_repro_again_runs_no_stage(repro: Repro) -> None:
     assert "Running stage" not in again.stdout
     assert "up to date" in again.stdout
 
-
-def test_dvc_exp_run_composes_hydra_overrides(repro: Repro, mlflow_server) -> None:
-    run(["dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1"], repro.path, repro.env, timeout=900)
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], repro.path, repro.env).stdout)
-    exps = [e for baseline in shown for e in (baseline.get("experiments") or [])]
-    names = {r.get("name") for e in exps for r in e.get("revs", [])}
-    assert "one-epoch" in names
-    rev = next(r for e in exps for r in e["revs"] if r.get("name") == "one-epoch")
-    params = rev["data"]["params"]["params.yaml"]["data"]
-    metrics = rev["data"]["metrics"]
-    assert params["train"]["epochs"] == 1
-    assert "accuracy" in metrics["metrics/evaluate.json"]["data"]
-    assert "registered_latency_ms_t1" in metrics["metrics/benchmark.json"]["data"]
-    runs = mlflow.MlflowClient(mlflow_server.uri).search_runs(
-        [mlflow.MlflowClient(mlflow_server.uri).get_experiment_by_name("fer-expression").experiment_id],
-        "tags.`dvc.exp_name` = 'one-epoch'")
-    assert runs and runs[0].data.params["train.epochs"] == "1"

@@ -1,0 +1,115 @@
+"""The FER2013 model zoo from the tracking store: accuracy against latency, one row per finished run.
+
+    .venv/bin/python benchmarks/zoo.py [--tracking-uri URI] [--out reports/fer2013]
+
+Reads every finished pipeline run on FER2013 data (tag `pipeline.data_family = fer2013`, all five stages
+done) through MLflow's client, and writes `<out>.md` (a table: model, MACs, training time and images/s,
+PublicTest accuracy and macro-F1 of Keras / float32 / int8, int8 latency at 1 thread, size) and
+`<out>-zoo.png` (int8 accuracy against per-face latency, the peer package for reference). Numbers only:
+no FER2013 image goes into either file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import mlflow
+
+STAGES = ("prepare", "train", "quantize", "benchmark", "evaluate")
+# The PyPI `fer` package measured on this machine class (../shared/FACTS.md: 65.3 % PublicTest, 0.52 ms/face).
+PEER = {"name": "PyPI fer (mini-Xception)", "accuracy": 0.653, "latency_ms": 0.52}
+
+
+def collect(client: mlflow.MlflowClient) -> list[dict]:
+    experiment = client.get_experiment_by_name("fer-expression")
+    if experiment is None:
+        return []
+    rows = []
+    for run in client.search_runs([experiment.experiment_id], "tags.`pipeline.data_family` = 'fer2013'",
+                                  order_by=["attributes.start_time DESC"], max_results=500):
+        tags, m, p = run.data.tags, run.data.metrics, run.data.params
+        if not all(tags.get(f"pipeline.stage.{s}") == "done" for s in STAGES):
+            continue
+        rows.append({
+            "run": run.info.run_id[:8], "name": run.info.run_name, "model": p.get("model.name"),
+            "filters": p.get("model.filters", ""), "tta": p.get("model.tta_flip") == "true",
+            "epochs": int(m.get("train_epochs", 0)), "mmacs": m.get("macs_per_face", 0) / 1e6,
+            "train_min": m.get("train_seconds", 0) / 60, "img_s": m.get("train_images_per_s", 0),
+            "keras": m.get("test_accuracy_keras"), "float32": m.get("test_accuracy_float32"),
+            "int8": m.get("test_accuracy_int8"), "f1_int8": m.get("test_macro_f1_int8"),
+            "lat_int8": m.get("latency_ms_int8_t1"), "lat_f32": m.get("latency_ms_float32_t1"),
+            "size_kb": m.get("size_kb_int8"), "seed": p.get("train.seed"), "protocol": tags.get("protocol", ""),
+        })
+    return rows
+
+
+def write_table(rows: list[dict], path: Path, machine: str) -> None:
+    lines = [
+        "# FER2013 model zoo",
+        "",
+        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `benchmarks/zoo.py` from the MLflow runs; machine: "
+        f"{machine}. PublicTest (3,589 faces) is the test split (holdout protocol: validation is a seeded "
+        "stratified 10 % of Training). Latency: LiteRT, batch 1, 1 thread, median of the benchmark stage.",
+        "",
+        "| run | model | MACs (M) | epochs | train min | img/s | Keras acc | float32 acc | int8 acc | int8 macro-F1 "
+        "| int8 ms/face | int8 KiB | seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = f"{r['model']} {r['filters']}" + (" +TTA" if r["tta"] else "")
+        lines.append(f"| {r['name']} | {name} | {r['mmacs']:.1f} | {r['epochs']} | {r['train_min']:.0f} | "
+                     f"{r['img_s']:.0f} | {r['keras']:.4f} | {r['float32']:.4f} | {r['int8']:.4f} | "
+                     f"{r['f1_int8']:.4f} | {r['lat_int8']:.3f} | {r['size_kb']:.0f} | {r['seed']} |")
+    lines += ["", f"Peer for reference: {PEER['name']}, {PEER['accuracy']:.1%} PublicTest, "
+              f"{PEER['latency_ms']} ms/face (../shared/FACTS.md).", ""]
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+
+
+def write_chart(rows: list[dict], path: Path, machine: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.scatter(r["lat_int8"], r["int8"] * 100, s=40 + r["mmacs"], color="#4c78a8")
+        ax.annotate(f"{r['name']}", (r["lat_int8"], r["int8"] * 100), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.scatter(PEER["latency_ms"], PEER["accuracy"] * 100, marker="x", color="#e45756", s=60)
+    ax.annotate(PEER["name"], (PEER["latency_ms"], PEER["accuracy"] * 100), textcoords="offset points",
+                xytext=(5, -10), fontsize=8, color="#e45756")
+    ax.set(xscale="log", xlabel="int8 latency per face, ms (LiteRT, 1 thread, log scale)",
+           ylabel="PublicTest accuracy, %", title=f"FER2013 model zoo on {machine}")
+    ax.grid(alpha=0.3, which="both")
+    tmp = path.with_name(f".tmp-{path.name}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    parser.add_argument("--out", default="reports/fer2013")
+    args = parser.parse_args()
+    from pipeline.timing import machine
+
+    info = machine()
+    name = f"{info['cpu']}, {info['cores']} cores" + (", AVX-512 VNNI" if info["vnni"] else "")
+    rows = collect(mlflow.MlflowClient(args.tracking_uri))
+    if not rows:
+        raise SystemExit(f"error: no finished FER2013 runs at {args.tracking_uri}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_table(rows, out.with_suffix(".md"), name)
+    write_chart(rows, out.with_name(out.name + "-zoo.png"), name)
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
