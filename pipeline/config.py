@@ -29,13 +29,13 @@ class ConfigError(ValueError):
     """A bad key or value in a config file; its message is the one line a user sees."""
 
 
-def _bounded(ge: float | None = None, gt: float | None = None, le: float | None = None,
+def bounded(ge: float | None = None, gt: float | None = None, le: float | None = None,
              lt: float | None = None) -> Any:
     """A required field with numeric bounds, checked by `validate` after OmegaConf has checked the type."""
     return field(default=MISSING, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
 
 
-def _required() -> Any:
+def required() -> Any:
     return field(default=MISSING)
 
 
@@ -54,11 +54,11 @@ class Protocol(StrEnum):
 
 @dataclass
 class DataConfig:
-    source: Source = _required()
-    path: str = _required()
-    protocol: Protocol = _required()
-    val_fraction: float = _bounded(gt=0.0, lt=1.0)
-    seed: int = _required()
+    source: Source = required()
+    path: str = required()
+    protocol: Protocol = required()
+    val_fraction: float = bounded(gt=0.0, lt=1.0)
+    seed: int = required()
 
     @property
     def family(self) -> str:
@@ -68,15 +68,15 @@ class DataConfig:
 
 @dataclass
 class SyntheticDataConfig(DataConfig):
-    n_train: int = _bounded(ge=70)
-    n_test: int = _bounded(ge=7)
-    noise: float = _bounded(ge=0.0, le=1.0)
-    max_rotation: float = _bounded(ge=0.0, le=90.0)
+    n_train: int = bounded(ge=70)
+    n_test: int = bounded(ge=7)
+    noise: float = bounded(ge=0.0, le=1.0)
+    max_rotation: float = bounded(ge=0.0, le=90.0)
 
 
 @dataclass
 class FileDataConfig(DataConfig):
-    max_skipped_fraction: float = _bounded(ge=0.0, le=1.0)
+    max_skipped_fraction: float = bounded(ge=0.0, le=1.0)
 
 
 DATA_SCHEMAS: dict[str, type[DataConfig]] = {
@@ -89,27 +89,27 @@ DATA_SCHEMAS: dict[str, type[DataConfig]] = {
 # ---------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
-    name: str = _required()
-    tta_flip: bool = _required()
+    name: str = required()
+    tta_flip: bool = required()
 
 
 @dataclass
 class SeedCNNConfig(ModelConfig):
     """The seed project's CNN, exactly; only its dropout rates are exposed."""
 
-    conv_dropout: float = _bounded(ge=0.0, lt=1.0)
+    conv_dropout: float = bounded(ge=0.0, lt=1.0)
 
 
 @dataclass
 class ConvNetConfig(ModelConfig):
     """A BN-ReLU VGG-style net: `filters` per stage, `convs_per_stage` convs, max-pool between stages."""
 
-    filters: list[int] = _required()
-    convs_per_stage: int = _bounded(ge=1, le=4)
-    stem_stride: int = _bounded(ge=1, le=2)
-    separable: bool = _required()
-    dense: int = _bounded(ge=0)
-    dropout: float = _bounded(ge=0.0, lt=1.0)
+    filters: list[int] = required()
+    convs_per_stage: int = bounded(ge=1, le=4)
+    stem_stride: int = bounded(ge=1, le=2)
+    separable: bool = required()
+    dense: int = bounded(ge=0)
+    dropout: float = bounded(ge=0.0, lt=1.0)
 
 
 MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
@@ -154,34 +154,34 @@ class ClassWeight(StrEnum):
 
 @dataclass
 class AugmentConfig:
-    flip: bool = _required()
-    shift: float = _bounded(ge=0.0, le=0.5)
-    rotation: float = _bounded(ge=0.0, le=0.5)
-    zoom: float = _bounded(ge=0.0, lt=1.0)
-    brightness: float = _bounded(ge=0.0, le=1.0)
-    contrast: float = _bounded(ge=0.0, lt=1.0)
-    mixup: float = _bounded(ge=0.0, le=1.0)
+    flip: bool = required()
+    shift: float = bounded(ge=0.0, le=0.5)
+    rotation: float = bounded(ge=0.0, le=0.5)
+    zoom: float = bounded(ge=0.0, lt=1.0)
+    brightness: float = bounded(ge=0.0, le=1.0)
+    contrast: float = bounded(ge=0.0, lt=1.0)
+    mixup: float = bounded(ge=0.0, le=1.0)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = _bounded(ge=1)
-    batch_size: int = _bounded(ge=1)
-    optimizer: Optimizer = _required()
-    lr: float = _bounded(gt=0.0)
-    weight_decay: float = _bounded(ge=0.0)
-    momentum: float = _bounded(ge=0.0, lt=1.0)
-    schedule: Schedule = _required()
-    warmup_epochs: int = _bounded(ge=0)
-    label_smoothing: float = _bounded(ge=0.0, lt=1.0)
-    class_weight: ClassWeight = _required()
-    early_stopping_patience: int = _bounded(ge=0)
-    keep_best: bool = _required()
-    seed: int = _required()
-    deterministic: bool = _required()
-    precision: Precision = _required()
-    distribute: Distribute = _required()
-    max_train_samples: int = _bounded(ge=0)
+    epochs: int = bounded(ge=1)
+    batch_size: int = bounded(ge=1)
+    optimizer: Optimizer = required()
+    lr: float = bounded(gt=0.0)
+    weight_decay: float = bounded(ge=0.0)
+    momentum: float = bounded(ge=0.0, lt=1.0)
+    schedule: Schedule = required()
+    warmup_epochs: int = bounded(ge=0)
+    label_smoothing: float = bounded(ge=0.0, lt=1.0)
+    class_weight: ClassWeight = required()
+    early_stopping_patience: int = bounded(ge=0)
+    keep_best: bool = required()
+    seed: int = required()
+    deterministic: bool = required()
+    precision: Precision = required()
+    distribute: Distribute = required()
+    max_train_samples: int = bounded(ge=0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -200,10 +200,10 @@ class Metric(StrEnum):
 
 @dataclass
 class QuantizeConfig:
-    variants: list[Variant] = _required()
-    register: Variant = _required()
-    representative_samples: int = _bounded(ge=1)
-    model_name: str = _required()
+    variants: list[Variant] = required()
+    register: Variant = required()
+    representative_samples: int = bounded(ge=1)
+    model_name: str = required()
 
 
 class Detector(StrEnum):
@@ -213,10 +213,10 @@ class Detector(StrEnum):
 
 @dataclass
 class BenchmarkConfig:
-    runs: int = _bounded(ge=1)
-    warmup: int = _bounded(ge=0)
-    keras_runs: int = _bounded(ge=1)
-    detector: Detector = _required()
+    runs: int = bounded(ge=1)
+    warmup: int = bounded(ge=0)
+    keras_runs: int = bounded(ge=1)
+    detector: Detector = required()
 
 
 class NewTestSplit(StrEnum):
@@ -228,18 +228,18 @@ class NewTestSplit(StrEnum):
 
 @dataclass
 class EvaluateConfig:
-    promote_metric: Metric = _required()
-    new_test_split: NewTestSplit = _required()
-    sample_grid: int = _bounded(ge=0, le=100)
-    baseline_samples: int = _bounded(ge=0)
+    promote_metric: Metric = required()
+    new_test_split: NewTestSplit = required()
+    sample_grid: int = bounded(ge=0, le=100)
+    baseline_samples: int = bounded(ge=0)
 
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: str | None = _required()
-    experiment_name: str = _required()
-    timeout_s: float = _bounded(gt=0.0)
-    retries: int = _bounded(ge=0)
+    tracking_uri: str | None = required()
+    experiment_name: str = required()
+    timeout_s: float = bounded(gt=0.0)
+    retries: int = bounded(ge=0)
 
 
 @dataclass
@@ -259,9 +259,9 @@ class Params:
 def _check_bounds(obj: Any, prefix: str) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        key = f"{prefix}.{f.name}"
+        key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            _check_bounds(value, key)
+            _check_bounds(value, f"{key}.")
             continue
         limits = [(op, f.metadata.get(op)) for op in ("ge", "gt", "le", "lt")]
         for op, limit in limits:
@@ -269,9 +269,8 @@ def _check_bounds(obj: Any, prefix: str) -> None:
                 continue
             ok = {"ge": value >= limit, "gt": value > limit, "le": value <= limit, "lt": value < limit}[op]
             if not ok:
-                allowed = " and ".join(
-                    f"{dict(ge='>=', gt='>', le='<=', lt='<')[o]} {lim}" for o, lim in limits if lim is not None
-                )
+                symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+                allowed = " and ".join(f"{symbols[o]} {lim}" for o, lim in limits if lim is not None)
                 raise ConfigError(f"{key} = {value!r}: must be {allowed}")
 
 
@@ -283,20 +282,26 @@ def _pick_schema(raw: DictConfig, section: str, key: str, schemas: dict[str, typ
 
 
 def validate_section(raw: Any, section: str, schema: type) -> Any:
-    """Merge one raw section into its schema and return the typed object, or raise a one-line ConfigError."""
+    """Merge a raw mapping into its schema and return the typed object, or raise a one-line ConfigError.
+
+    `section` prefixes the keys in messages ("train" -> `train.lr`); "" validates a whole config at its root.
+    """
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{section}: missing section (expected a mapping with keys "
                           f"{', '.join(f.name for f in dataclasses.fields(schema))})")
     try:
-        merged = OmegaConf.merge(OmegaConf.create({section: OmegaConf.structured(schema)}), {section: raw})
-        obj = OmegaConf.to_object(merged)[section]
+        if section:
+            merged = OmegaConf.merge(OmegaConf.create({section: OmegaConf.structured(schema)}), {section: raw})
+            obj = OmegaConf.to_object(merged)[section]
+        else:
+            obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), raw))
     except ConfigKeyError as e:
         allowed = ", ".join(f.name for f in dataclasses.fields(schema))
-        raise ConfigError(f"{e.full_key}: unknown key (allowed in {section}: {allowed})") from None
+        raise ConfigError(f"{e.full_key}: unknown key (allowed in {section or 'the config'}: {allowed})") from None
     except OmegaConfBaseException as e:
         message = str(e.msg or e).splitlines()[0].replace("Structured config of type", "schema")
         raise ConfigError(f"{e.full_key or section}: {message}") from None
-    _check_bounds(obj, section)
+    _check_bounds(obj, f"{section}." if section else "")
     return obj
 
 

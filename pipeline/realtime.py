@@ -26,10 +26,9 @@ from typing import Any, TextIO
 
 import cv2
 import numpy as np
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, ConfigError
+from pipeline.config import CONF_DIR, ConfigError, bounded, required, validate_section
 from pipeline.faces import Face, crop_face, make_detector
 from pipeline.media import ImageSource, RunError, Sink, open_source
 from pipeline.runtime import ModelError, ModelNotRegistered, ResolvedModel, TFLiteClassifier, redact, resolve_model
@@ -42,31 +41,27 @@ MAKE_A_MODEL = ("make one with `make run` (synthetic data) or `dvc exp run -S ex
 
 
 # ---------------------------------------------------------------- config
-def _bounds(**limits: float) -> Any:
-    return field(default=MISSING, metadata=limits)
-
-
 @dataclass
 class OutputConfig:
-    video: str | None = MISSING
-    images: str | None = MISSING
-    json: str | None = MISSING
+    video: str | None = required()
+    images: str | None = required()
+    json: str | None = required()
 
 
 @dataclass
 class BlazeFaceConfig:
-    name: str = MISSING
-    score_threshold: float = _bounds(gt=0.0, lt=1.0)
-    iou_threshold: float = _bounds(gt=0.0, lt=1.0)
-    threads: int = _bounds(ge=1)
+    name: str = required()
+    score_threshold: float = bounded(gt=0.0, lt=1.0)
+    iou_threshold: float = bounded(gt=0.0, lt=1.0)
+    threads: int = bounded(ge=1)
 
 
 @dataclass
 class HaarConfig:
-    name: str = MISSING
-    scale_factor: float = _bounds(gt=1.0)
-    min_neighbors: int = _bounds(ge=0)
-    min_size: int = _bounds(ge=1)
+    name: str = required()
+    scale_factor: float = bounded(gt=1.0)
+    min_neighbors: int = bounded(ge=0)
+    min_size: int = bounded(ge=1)
 
 
 DETECTOR_SCHEMAS: dict[str, type] = {"blazeface": BlazeFaceConfig, "haar": HaarConfig}
@@ -74,41 +69,20 @@ DETECTOR_SCHEMAS: dict[str, type] = {"blazeface": BlazeFaceConfig, "haar": HaarC
 
 @dataclass
 class RealtimeConfig:
-    model: str = MISSING
-    fallback_model: str | None = MISSING
-    tracking_uri: str | None = MISSING
-    cache_dir: str | None = MISSING
-    source: str = MISSING
-    display: bool = MISSING
+    model: str = required()
+    fallback_model: str | None = required()
+    tracking_uri: str | None = required()
+    cache_dir: str | None = required()
+    source: str = required()
+    display: bool = required()
     output: OutputConfig = field(default_factory=OutputConfig)
-    smoothing: float = _bounds(ge=0.0, lt=1.0)
-    min_face: int = _bounds(ge=0)
-    margin: float = _bounds(ge=0.0, le=1.0)
-    threads: int = _bounds(ge=1)
-    max_frames: int = _bounds(ge=0)
-    timeout_s: float = _bounds(gt=0.0)
+    smoothing: float = bounded(ge=0.0, lt=1.0)
+    min_face: int = bounded(ge=0)
+    margin: float = bounded(ge=0.0, le=1.0)
+    threads: int = bounded(ge=1)
+    max_frames: int = bounded(ge=0)
+    timeout_s: float = bounded(gt=0.0)
     detector: Any = None  # BlazeFaceConfig or HaarConfig, chosen by its `name`
-
-
-_OPS = {"ge": (">=", float.__ge__), "gt": (">", float.__gt__), "le": ("<=", float.__le__), "lt": ("<", float.__lt__)}
-
-
-def _typed(schema: type, raw: DictConfig, prefix: str = "") -> Any:
-    """Raw config -> dataclass, or a ConfigError naming the dotted key (same style as pipeline.config)."""
-    try:
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), raw))
-    except ConfigKeyError as e:
-        allowed = ", ".join(f.name for f in dataclasses.fields(schema))
-        raise ConfigError(f"{prefix}{e.full_key}: unknown key (allowed: {allowed})") from None
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{prefix}{e.full_key}: {str(e.msg or e).splitlines()[0]}") from None
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        for op, limit in f.metadata.items():
-            symbol, ok = _OPS[op]
-            if not ok(float(value), limit):
-                raise ConfigError(f"{prefix}{f.name} = {value!r}: must be {symbol} {limit}")
-    return obj
 
 
 def load_config(overrides: list[str]) -> RealtimeConfig:
@@ -128,11 +102,11 @@ def load_config(overrides: list[str]) -> RealtimeConfig:
         raise ConfigError(text.splitlines()[0] + (f" (options: {', '.join(options)})" if options else "")) from None
     raw = OmegaConf.create(OmegaConf.to_container(raw))  # Hydra's result is read-only (struct); we split it
     detector = raw.pop("detector", None) or OmegaConf.create({})
-    cfg = _typed(RealtimeConfig, raw)
+    cfg = validate_section(raw, "", RealtimeConfig)
     name = detector.get("name")
     if name not in DETECTOR_SCHEMAS:
         raise ConfigError(f"detector.name = {name!r}: must be one of {', '.join(DETECTOR_SCHEMAS)}")
-    cfg.detector = _typed(DETECTOR_SCHEMAS[name], detector, "detector.")
+    cfg.detector = validate_section(detector, "detector", DETECTOR_SCHEMAS[name])
     return cfg
 
 

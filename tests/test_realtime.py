@@ -242,7 +242,7 @@ def test_config_defaults_and_detector_choice() -> None:
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
-    (["smoothing=1.5"], "smoothing = 1.5: must be < 1.0"),
+    (["smoothing=1.5"], "smoothing = 1.5: must be >= 0.0 and < 1.0"),
     (["threads=0"], "threads = 0: must be >= 1"),
     (["min_face=big"], "min_face: Value 'big' of type 'str' could not be converted to Integer"),
     (["colour=red"], "colour: unknown key (allowed: model, fallback_model,"),
@@ -259,7 +259,7 @@ def test_bad_config_names_the_key(overrides: list[str], expected: str) -> None:
 
 def test_bad_config_exits_2(tmp_path) -> None:
     result = realtime("smoothing=-1", cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.strip() == "error: smoothing = -1.0: must be >= 0.0"
+    assert result.returncode == 2 and result.stderr.strip() == "error: smoothing = -1.0: must be >= 0.0 and < 1.0"
 
 
 def test_smoother_follows_a_face_by_iou_and_starts_new_faces_fresh() -> None:
