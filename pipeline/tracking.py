@@ -65,8 +65,9 @@ def connect(cfg: MlflowConfig) -> str:
         if experiment is not None:
             return experiment.experiment_id
         location = (repo_root() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-        try:
-            return client.create_experiment(cfg.experiment_name, artifact_location=location)
+        try:  # the kind tag makes `mlflow ui` open on the training-runs view, not the GenAI one
+            return client.create_experiment(cfg.experiment_name, artifact_location=location,
+                                            tags={"mlflow.experimentKind": "custom_model_development"})
         except MlflowException:  # created meanwhile by a parallel experiment
             return client.get_experiment_by_name(cfg.experiment_name).experiment_id
     except Exception as e:
