@@ -76,9 +76,24 @@ def connect(cfg: MlflowConfig) -> str:
                          "(set by mlflow.tracking_uri or MLFLOW_TRACKING_URI)") from None
 
 
+def dvc_written_paths() -> list[str]:
+    """Files DVC itself writes during a run: params.yaml (composition), dvc.lock, every declared output."""
+    import yaml
+
+    paths = ["params.yaml", "dvc.lock"]
+    try:
+        stages = yaml.safe_load(Path("dvc.yaml").read_text()).get("stages", {})
+    except (OSError, AttributeError, yaml.YAMLError):
+        return paths
+    for stage in stages.values():
+        for key in ("outs", "metrics", "plots"):
+            paths += [next(iter(e)) if isinstance(e, dict) else e for e in stage.get(key, [])]
+    return paths
+
+
 def git_state() -> dict[str, str]:
-    """Commit of the code and whether tracked files differ from it (params.yaml and dvc.lock excluded:
-    DVC itself rewrites those during `dvc exp run` and `dvc repro`)."""
+    """Commit of the code and whether tracked files differ from it, not counting what DVC writes itself
+    (outputs, dvc.lock, params.yaml, the .gitignore entries it adds): those change in every run."""
 
     def git(*args: str) -> str:
         try:
@@ -87,7 +102,8 @@ def git_state() -> dict[str, str]:
             return ""
 
     commit = git("rev-parse", "HEAD")
-    changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!params.yaml", ":!dvc.lock")
+    excluded = [f":(exclude){p}" for p in dvc_written_paths()] + [":(exclude,glob)**/.gitignore"]
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
     return {"commit": commit or "unknown", "dirty": "true" if changes else "false"}
 
 
