@@ -102,14 +102,20 @@ class SeedCNNConfig(ModelConfig):
 
 @dataclass
 class ConvNetConfig(ModelConfig):
-    """A BN-ReLU VGG-style net: `filters` per stage, `convs_per_stage` convs, max-pool between stages."""
+    """A BN-ReLU VGG-style net: `filters[i]` channels and `convs[i]` 3x3 convs in stage i, max-pool between."""
 
     filters: list[int] = required()
-    convs_per_stage: int = bounded(ge=1, le=4)
+    convs: list[int] = required()
     stem_stride: int = bounded(ge=1, le=2)
     separable: bool = required()
     dense: int = bounded(ge=0)
     dropout: float = bounded(ge=0.0, lt=1.0)
+
+    def check(self) -> str | None:
+        """Cross-field rule, reported like a bound: one entry of `convs` per stage."""
+        if len(self.convs) != len(self.filters) or not all(1 <= c <= 4 for c in self.convs):
+            return f"convs = {self.convs}: must hold one count from 1 to 4 per stage ({len(self.filters)} stages)"
+        return None
 
 
 MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
@@ -302,6 +308,9 @@ def validate_section(raw: Any, section: str, schema: type) -> Any:
         message = str(e.msg or e).splitlines()[0].replace("Structured config of type", "schema")
         raise ConfigError(f"{e.full_key or section}: {message}") from None
     _check_bounds(obj, f"{section}." if section else "")
+    problem = obj.check() if hasattr(obj, "check") else None
+    if problem:
+        raise ConfigError(f"{section}.{problem}" if section else problem)
     return obj
 
 

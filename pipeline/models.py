@@ -79,7 +79,7 @@ def convnet(cfg: ConvNetConfig) -> keras.Model:
     """BN-ReLU VGG-style stages; `stem_stride` 2 quarters the MACs of everything after the first conv."""
     inputs, x = _pixels_in()
     for stage, filters in enumerate(cfg.filters):
-        for i in range(cfg.convs_per_stage):
+        for i in range(cfg.convs[stage]):
             first = stage == 0 and i == 0
             x = _conv_bn_relu(x, filters, stride=cfg.stem_stride if first else 1,
                               separable=cfg.separable and not first)
@@ -97,13 +97,23 @@ def convnet(cfg: ConvNetConfig) -> keras.Model:
 
 
 def build_model(cfg: ModelConfig) -> keras.Model:
-    """The configured architecture, wrapped in flip test-time augmentation when `tta_flip` is on."""
-    core = ARCHITECTURES[cfg.name](cfg)
-    if not cfg.tta_flip:
-        return core
+    """The configured architecture, as it trains (flip TTA, if configured, is added after training)."""
+    return ARCHITECTURES[cfg.name](cfg)
+
+
+def with_tta(core: keras.Model) -> keras.Model:
+    """Average the scores of the face and its mirror image: the exported model when `tta_flip` is on.
+
+    Applied after training, so it costs nothing to train (flip augmentation already taught the model
+    both orientations) and doubles the MACs per face at inference.
+    """
     inputs = keras.Input(INPUT_SHAPE, name="pixels")
     scores = layers.Average(name="tta_mean")([core(inputs), core(HorizontalFlip()(inputs))])
     return keras.Model(inputs, scores, name=f"{core.name}_tta")
+
+
+def export_model(cfg: ModelConfig, core: keras.Model) -> keras.Model:
+    return with_tta(core) if cfg.tta_flip else core
 
 
 def count_macs(model: keras.Model) -> int:

@@ -27,7 +27,7 @@ import tensorflow as tf
 from pipeline import plots, tracking
 from pipeline.config import CLASSES, ClassWeight, Distribute, Optimizer, Params, Schedule, TrainConfig, load_params
 from pipeline.files import atomic_path, load_split, write_json
-from pipeline.models import build_model, count_macs
+from pipeline.models import build_model, count_macs, export_model
 from pipeline.prepare import OUT_DIR as PREPARED
 from pipeline.prepare import log_datasets
 
@@ -191,7 +191,7 @@ def main() -> None:
             model.compile(optimizer=optimizer(cfg, steps),
                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                           metrics=["accuracy"])
-        macs = count_macs(model)
+        macs = count_macs(export_model(params.model, model))
         print(f"[train] {params.model.name}: {model.count_params():,} parameters, {macs / 1e6:.1f} M MACs/face; "
               f"{len(x_train)} train / {len(x_val)} val images, {cfg.epochs} epochs")
         resumed = read_history(csv_log)
@@ -212,7 +212,12 @@ def main() -> None:
         seconds = time.perf_counter() - start
 
         history = read_history(csv_log)
-        val_loss, val_acc = model.evaluate(make_dataset(x_val, y_val, cfg, training=False), verbose=0)
+        if cfg.precision != "float32":  # export a float32 graph: the converter and LiteRT want plain floats
+            model = float32_copy(model, params)
+        model = export_model(params.model, model)
+        scores = model.predict(x_val[..., None].astype(np.float32), batch_size=256, verbose=0)
+        val_acc = float((scores.argmax(axis=1) == y_val).mean())
+        val_loss = float(keras.losses.categorical_crossentropy(tf.one_hot(y_val, len(CLASSES)), scores).numpy().mean())
         metrics = {
             "val_accuracy": float(val_acc), "val_loss": float(val_loss),
             "best_val_accuracy": max(r.get("val_accuracy", 0.0) for r in history),
@@ -220,8 +225,6 @@ def main() -> None:
             "seconds": seconds,
             "images_per_s": float(np.median(progress.images_per_s)) if progress.images_per_s else 0.0,
         }
-        if cfg.precision != "float32":  # export a float32 graph: the converter and LiteRT want plain floats
-            model = float32_copy(model, params)
         with atomic_path(MODEL_PATH) as tmp:
             model.save(tmp)
         write_history(history)

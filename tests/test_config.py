@@ -52,6 +52,7 @@ def _broken(path: str, value: object) -> OmegaConf:
     ("model.name", "resnet", "model.name = 'resnet': must be one of seed_cnn, convnet"),
     ("data.source", "imagenet", "data.source = 'imagenet': must be one of synthetic, fer2013, fer2013_csv"),
     ("model.filters", [16, "x"], "model.filters[1]: Value 'x' of type 'str' could not be converted to Integer"),
+    ("model.convs", [2, 2], "model.convs = [2, 2]: must hold one count from 1 to 4 per stage (3 stages)"),
     ("trian.epochs", 3, "trian: unknown section (allowed: data, model, train,"),
 ])
 def test_bad_key_or_value_names_the_key(key: str, value: object, expected: str) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import MODEL_SCHEMAS, compose, parse_params
-from pipeline.models import ARCHITECTURES, build_model, count_macs
+from pipeline.models import ARCHITECTURES, build_model, count_macs, export_model
 
 
 def model_cfg(option: str, **changes: object):
@@ -42,7 +42,7 @@ def test_models_take_raw_pixels_and_return_probabilities() -> None:
 
 def test_tta_flip_averages_the_mirrored_face() -> None:
     cfg = model_cfg("small_cnn", tta_flip=True)
-    model = build_model(cfg)
+    model = export_model(cfg, build_model(cfg))
     x = np.random.default_rng(0).integers(0, 256, (1, 48, 48, 1)).astype(np.float32)
     a = model(x, training=False).numpy()
     b = model(x[:, :, ::-1], training=False).numpy()
@@ -52,13 +52,13 @@ def test_tta_flip_averages_the_mirrored_face() -> None:
 
 
 def test_mac_count_of_a_known_layer_stack() -> None:
-    cfg = model_cfg("small_cnn", filters=[8], convs_per_stage=1, dense=0)
+    cfg = model_cfg("small_cnn", filters=[8], convs=[1], dense=0)
     # conv 48*48*8*3*3*1 + dense 8*7
     assert count_macs(build_model(cfg)) == 48 * 48 * 8 * 9 + 8 * 7
 
 
 @pytest.mark.parametrize("separable", [False, True])
 def test_convnet_options_build(separable: bool) -> None:
-    cfg = model_cfg("small_cnn", separable=separable, stem_stride=2, dense=32, convs_per_stage=2)
+    cfg = model_cfg("small_cnn", separable=separable, stem_stride=2, dense=32, convs=[2, 2, 2])
     model = build_model(cfg)
     assert model.output_shape == (None, 7)
