@@ -384,12 +384,13 @@ def to_flat_dict(params: Params) -> dict[str, str]:
     return flat
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+def compose(overrides: list[str] | None = None, config_name: str = "config",
+            conf_dir: Path = CONF_DIR) -> DictConfig:
     """Compose `conf/` exactly as `dvc exp run` does (Hydra compose, then resolve)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
+    with initialize_config_dir(str(conf_dir.resolve()), version_base=None):
         cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
     OmegaConf.resolve(cfg)
     return OmegaConf.create(OmegaConf.to_container(cfg))  # plain, like a loaded params.yaml (not struct)

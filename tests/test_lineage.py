@@ -10,9 +10,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.config import compose, parse_params, to_flat_dict
+from pipeline.config import CONF_DIR, compose, parse_params, to_flat_dict
 from pipeline.files import sha256_file
-from pipeline.lineage import rebuild_overrides, render
+from pipeline.lineage import conf_at, rebuild_overrides, render
 
 from .conftest import Repro, project_env, run
 
@@ -96,7 +96,21 @@ def test_render_flags_a_dirty_commit() -> None:
     info = {"model": "models:/m@champion", "name": "m", "version": "3", "run_id": "r", "status": "FINISHED",
             "dvc_exp_name": "", "commit": "abc", "dirty": True,
             "data": {"source": "synthetic", "path": "p", "md5": "h", "datasets": []},
-            "config_diff": {}, "metrics": {"test_accuracy": 0.9}, "rebuild": {"command": "dvc repro"}}
+            "config_base": "conf/ at abc", "config_diff": {}, "metrics": {"test_accuracy": 0.9},
+            "rebuild": {"command": "dvc repro"}}
     text = render(info)
     assert "commit    abc  (DIRTY: uncommitted changes when it ran)" in text
-    assert "config    same as conf/ defaults" in text
+    assert "config    same as the defaults of conf/ at abc" in text
+
+
+def test_a_preset_run_rebuilds_through_its_preset() -> None:
+    params = to_flat_dict(parse_params(compose(["experiment=tiny", "train.lr=0.01"])))
+    assert rebuild_overrides(params) == ["experiment=tiny", "train.lr=0.01"]
+
+
+def test_the_config_is_diffed_against_conf_of_the_runs_commit() -> None:
+    with conf_at("HEAD") as (conf_dir, note):
+        assert conf_dir != CONF_DIR and (conf_dir / "config.yaml").is_file() and note.startswith("conf/ at HEAD")
+        assert rebuild_overrides(to_flat_dict(parse_params(compose(conf_dir=conf_dir))), conf_dir) == []
+    with conf_at("0" * 40) as (conf_dir, note):  # a commit this clone does not have
+        assert conf_dir == CONF_DIR and "not in this clone" in note
