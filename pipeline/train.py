@@ -39,23 +39,27 @@ CURVES_PATH = Path("plots/train/curves.png")
 
 
 def augmenter(cfg: TrainConfig) -> keras.Sequential:
-    """Batch-level random augmentation from config; every factor 0 leaves the layer out."""
-    a, seed = cfg.augment, cfg.seed
+    """Batch-level random augmentation from config; every factor 0 leaves the layer out.
+
+    Always float32: the pixels are not part of the model, and a mixed-precision policy would otherwise
+    hand float16 batches to the input pipeline.
+    """
+    a, seed, f32 = cfg.augment, cfg.seed, {"dtype": "float32"}
     steps: list[keras.Layer] = []
     if a.flip:
-        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed, **f32))
     if a.rotation:
-        steps.append(keras.layers.RandomRotation(a.rotation, fill_mode="reflect", seed=seed + 1))
+        steps.append(keras.layers.RandomRotation(a.rotation, fill_mode="reflect", seed=seed + 1, **f32))
     if a.shift:
-        steps.append(keras.layers.RandomTranslation(a.shift, a.shift, fill_mode="reflect", seed=seed + 2))
+        steps.append(keras.layers.RandomTranslation(a.shift, a.shift, fill_mode="reflect", seed=seed + 2, **f32))
     if a.zoom:
-        steps.append(keras.layers.RandomZoom(a.zoom, a.zoom, fill_mode="reflect", seed=seed + 3))
+        steps.append(keras.layers.RandomZoom(a.zoom, a.zoom, fill_mode="reflect", seed=seed + 3, **f32))
     if a.brightness:
-        steps.append(keras.layers.RandomBrightness(a.brightness, value_range=(0, 255), seed=seed + 4))
+        steps.append(keras.layers.RandomBrightness(a.brightness, value_range=(0, 255), seed=seed + 4, **f32))
     if a.contrast:
-        steps.append(keras.layers.RandomContrast(a.contrast, value_range=(0, 255), seed=seed + 5))
+        steps.append(keras.layers.RandomContrast(a.contrast, value_range=(0, 255), seed=seed + 5, **f32))
     if not steps:  # Sequential refuses to build with no layers
-        steps.append(keras.layers.Identity())
+        steps.append(keras.layers.Identity(**f32))
     return keras.Sequential(steps, name="augment")
 
 

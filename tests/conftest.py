@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+
+from pipeline.config import compose
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -134,3 +137,17 @@ def repro(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Server) -> Re
     start = time.monotonic()
     result = run(["dvc", "repro"], work, env, timeout=900)
     return Repro(work, env, result.stdout + result.stderr, time.monotonic() - start)
+
+
+def stage_dir(tmp_path: Path, overrides: list[str], tracking_uri: str | None = None) -> tuple[Path, dict]:
+    """A bare working directory with a composed params.yaml: stages need nothing else to run."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    (work / "params.yaml").write_text(OmegaConf.to_yaml(compose(overrides)))
+    env = project_env(tracking_uri or f"sqlite:///{work / 'mlflow.db'}")
+    return work, env
+
+
+def stage(name: str, work: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"pipeline.{name}"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -14,28 +14,13 @@ import mlflow
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.config import compose
 from pipeline.files import atomic_path, write_json
 
-from .conftest import Repro, free_port, make_project_copy, project_env, run, start_mlflow_server
+from .conftest import Repro, free_port, make_project_copy, project_env, run, stage, stage_dir, start_mlflow_server
 
 pytestmark = pytest.mark.integration
 
 TINY = ["experiment=tiny"]
-
-
-def stage_dir(tmp_path: Path, overrides: list[str], tracking_uri: str | None = None) -> tuple[Path, dict]:
-    """A bare working directory with a composed params.yaml: stages need nothing else to run."""
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    (work / "params.yaml").write_text(OmegaConf.to_yaml(compose(overrides)))
-    env = project_env(tracking_uri or f"sqlite:///{work / 'mlflow.db'}")
-    return work, env
-
-
-def stage(name: str, work: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"pipeline.{name}"], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def last_line(result: subprocess.CompletedProcess) -> str:
