@@ -135,8 +135,8 @@ Measured {r['date']} by `benchmarks/realtime.py` in one run: ours, then the peer
   after {r['load']['after']}. On a 2-core machine a load above ~1 means other work competed for the CPU.
 - Video: {r['video']['frames']} frames, 640x480, {r['video']['codec']}, one real face (NASA astronaut photo)
   moving across the frame and scaling 80-300 px.
-- Our model: {ours['model']}; detector {ours['detector']} ({ours['detector_threads']} thread), classifier
-  {ours['classifier_threads']} thread, smoothing {ours['smoothing']}, no display, JSON lines to a file.
+- Our model: {ours['model']}; detector {ours['detector']} (threads: {ours['detector_threads']}), classifier
+  threads: {ours['classifier_threads']}, smoothing {ours['smoothing']}, no display, JSON lines to a file.
 - Peer: PyPI `{peer['package']}` `FER(cascade_file=<its bundled XML>).detect_emotions` (Haar + its TFLite
   mini-Xception), OpenCV {peer['opencv']}, TensorFlow {peer['tensorflow']}, in `.venv-peer`.
 
