@@ -84,7 +84,8 @@ def _run_status(work: Path, env: dict, run_id: str) -> str:
 
 
 def test_killed_training_resumes_and_finishes_with_the_same_epochs(tmp_path: Path) -> None:
-    work, env = stage_dir(tmp_path, [*TINY, "train.epochs=6"])
+    # small batches make each epoch a few seconds long, so the signals land mid-run even on a busy machine
+    work, env = stage_dir(tmp_path, [*TINY, "train.epochs=6", "train.batch_size=16"])
     assert stage("prepare", work, env).returncode == 0
     run_id = json.loads((work / "runs/prepare.json").read_text())["run_id"]
 
@@ -92,6 +93,7 @@ def test_killed_training_resumes_and_finishes_with_the_same_epochs(tmp_path: Pat
     train = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=work, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     _wait_for_epochs(work, 1, train)
+    assert train.poll() is None, "training finished before it could be interrupted"
     train.send_signal(signal.SIGINT)
     train.communicate(timeout=120)
     assert train.returncode != 0
