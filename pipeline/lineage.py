@@ -179,7 +179,7 @@ def render(info: dict[str, Any]) -> str:
              f"data      {info['data']['source']} {info['data']['path']}  md5 {info['data']['md5']}"]
     for d in info["data"]["datasets"]:
         lines.append(f"          {d['context']:5s} {d['rows']:>6s} faces  digest {d['digest']}")
-    base = info.get("config_base", "conf/")
+    base = info["config_base"]
     lines.append("config    " + (f"same as the defaults of {base}" if not info["config_diff"]
                                  else f"differs from the defaults of {base}:"))
     for key, diff in info["config_diff"].items():

@@ -223,7 +223,7 @@ def main() -> None:
         val_acc = float((scores.argmax(axis=1) == y_val).mean())
         val_loss = float(keras.losses.categorical_crossentropy(tf.one_hot(y_val, len(CLASSES)), scores).numpy().mean())
         metrics = {
-            "val_accuracy": float(val_acc), "val_loss": float(val_loss),
+            "val_accuracy": val_acc, "val_loss": val_loss,
             "best_val_accuracy": max(r.get("val_accuracy", 0.0) for r in history),
             "epochs": len(history), "params": int(model.count_params()), "macs": macs,
             "seconds": seconds,
