@@ -32,8 +32,8 @@ from pipeline.config import CONF_DIR, ConfigError, compose, override_value, pars
 from pipeline.runtime import redact
 
 GROUPS = ("data", "model")  # groups whose options change the key set, so `-S group=option` is needed
-KEY_METRICS = ("test_accuracy", "test_macro_f1", "val_accuracy", "baseline_logreg_accuracy", "latency_ms",
-               "frame_end_to_end_ms", "size_kb_int8", "train_seconds")
+KEY_METRICS = ("test_accuracy", "test_macro_f1", "train_val_accuracy", "baseline_logreg_accuracy",
+               "latency_ms", "frame_end_to_end_ms", "size_kb_int8", "train_seconds")
 
 
 @contextmanager

@@ -234,7 +234,8 @@ def main() -> None:
         write_history(history)
         plots.training_curves(history, CURVES_PATH)
         write_json(METRICS_PATH, metrics)
-        mlflow.log_metrics({f"train_{k}" if not k.startswith("val") else k: v for k, v in metrics.items()})
+        # all prefixed: an unprefixed `val_accuracy` at step 0 would hide behind the per-epoch curve's last value
+        mlflow.log_metrics({f"train_{k}": v for k, v in metrics.items()})
         mlflow.log_artifact(str(MODEL_PATH), "train")
         mlflow.log_artifact(str(CURVES_PATH), "plots")
         mlflow.log_artifact(str(HISTORY_PATH), "train")

@@ -64,6 +64,9 @@ def test_one_mlflow_run_holds_every_stage(repro: Repro, mlflow_server) -> None:
     assert run_.data.params["model.name"] == "convnet"
     assert {"test_accuracy", "latency_ms", "size_kb_int8", "val_accuracy"} <= set(run_.data.metrics)
     assert len(client.get_metric_history(run_.info.run_id, "val_accuracy")) >= 2  # a curve, per epoch
+    # the exported model's own score, under its own name rather than as a stray point of that curve
+    train = json.loads((repro.path / "metrics/train.json").read_text())
+    assert run_.data.metrics["train_val_accuracy"] == train["val_accuracy"]
     assert len(run_.data.tags["mlflow.source.git.commit"]) == 40
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
     assert {"plots", "tflite", "train"} <= artifacts
