@@ -30,7 +30,8 @@ PEER = {"name": "PyPI fer (mini-Xception)", "accuracy": 0.653, "latency_ms": 0.5
 
 def exported_val(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> float:
     """Runs before `train_val_accuracy` logged the exported model's val accuracy as step 0 of the curve."""
-    return next(m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy") if m.step == 0)
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    return next((m.value for m in history if m.step == 0), float("nan"))
 
 
 def collect(client: mlflow.MlflowClient) -> list[dict]:
