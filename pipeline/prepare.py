@@ -61,8 +61,8 @@ def log_datasets(report: dict) -> None:
     for name in SPLITS:
         dataset = MetaDataset(source=LocalArtifactDatasetSource(str(OUT_DIR / f"{name}.npz")),
                               name=f"{report['source']}-{name}", digest=report["digests"][name][:36])
-        mlflow.log_input(dataset, context=name, tags={"rows": str(report["counts"][name]["total"]),
-                                                      "protocol": report["protocol"], "path": report["path"]})
+        tracking.log_input(dataset, context=name, tags={"rows": str(report["counts"][name]["total"]),
+                                                        "protocol": report["protocol"], "path": report["path"]})
     mlflow.log_metrics({f"data_{name}_size": report["counts"][name]["total"] for name in SPLITS})
 
 

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,24 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
     mlflow.end_run()
     write_json(RUNS_DIR / f"{stage}.json", {"run_id": run.info.run_id, "experiment_id": experiment_id,
                                              "tracking_uri": redact(tracking_uri(params.mlflow))})
+
+
+def log_input(dataset: Any, context: str, tags: dict[str, str], attempts: int = 4) -> None:
+    """`mlflow.log_input`, retried when a parallel run inserted the same dataset first.
+
+    The tracking store looks the dataset up and then inserts it; two experiments that start together
+    (`dvc queue start -j 2`) both find nothing and the slower insert fails on the store's unique key
+    (`IntegrityError`). The row exists by then, so the retry links it to this run.
+    """
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context, tags=tags)
+            return
+        except MlflowException as e:
+            message = str(e).lower()
+            if attempt == attempts - 1 or ("integrityerror" not in message and "unique" not in message):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def log_json_artifact(payload: Any, artifact_file: str) -> None:

@@ -148,3 +148,43 @@ def test_registered_name_includes_the_data_family(params) -> None:
     assert tracking.registered_name(params) == "fer-expression-synthetic"
     fer = parse_params(compose(["data=fer2013_csv"]))
     assert tracking.registered_name(fer) == "fer-expression-fer2013"
+
+
+def _dataset(name: str):
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    return MetaDataset(source=LocalArtifactDatasetSource("data/prepared/train.npz"), name=name, digest="d" * 36)
+
+
+def test_dataset_logging_survives_a_parallel_run_inserting_it_first(params, monkeypatch: pytest.MonkeyPatch) -> None:
+    # what a tracking server answered in CI when two queued experiments logged the same split at once
+    race = mlflow.exceptions.MlflowException("BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                             "datasets.experiment_id, datasets.name, datasets.digest")
+    real, calls = mlflow.log_input, []
+
+    def racing(*args, **kwargs):
+        calls.append(kwargs["context"])
+        if len(calls) == 1:
+            raise race
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    with tracking.stage_run("prepare", params, upstream=None) as run:
+        tracking.log_input(_dataset("synthetic-train"), context="train", tags={"rows": "5"})
+    assert calls == ["train", "train"]
+    inputs = mlflow.MlflowClient().get_run(run.run_id).inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["synthetic-train"]
+
+
+def test_dataset_logging_does_not_retry_other_errors(params, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise mlflow.exceptions.MlflowException("RESOURCE_DOES_NOT_EXIST: run gone")
+
+    monkeypatch.setattr(mlflow, "log_input", failing)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="run gone"):
+        tracking.log_input(_dataset("synthetic-val"), context="val", tags={})
+    assert calls == [1]
