@@ -167,6 +167,7 @@ class AugmentConfig:
     brightness: float = bounded(ge=0.0, le=1.0)
     contrast: float = bounded(ge=0.0, lt=1.0)
     mixup: float = bounded(ge=0.0, le=1.0)
+    erasing: float = bounded(ge=0.0, le=1.0)
 
 
 @dataclass
@@ -188,6 +189,7 @@ class TrainConfig:
     precision: Precision = required()
     distribute: Distribute = required()
     max_train_samples: int = bounded(ge=0)
+    time_budget_min: float = bounded(ge=0.0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -17,6 +17,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -58,6 +59,9 @@ def augmenter(cfg: TrainConfig) -> keras.Sequential:
         steps.append(keras.layers.RandomBrightness(a.brightness, value_range=(0, 255), seed=seed + 4, **f32))
     if a.contrast:
         steps.append(keras.layers.RandomContrast(a.contrast, value_range=(0, 255), seed=seed + 5, **f32))
+    if a.erasing:  # last, so the noise patch is not blurred by the geometric layers
+        steps.append(keras.layers.RandomErasing((a.erasing, a.erasing), scale=(0.02, 0.25), value_range=(0, 255),
+                                                seed=seed + 6, **f32))
     if not steps:  # Sequential refuses to build with no layers
         steps.append(keras.layers.Identity(**f32))
     return keras.Sequential(steps, name="augment")
@@ -101,18 +105,24 @@ def class_weights(y: np.ndarray, mode: ClassWeight) -> dict[int, float] | None:
     return {i: float(v) for i, v in enumerate(w)}
 
 
-def optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
     total = cfg.epochs * steps_per_epoch
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
     if cfg.schedule == Schedule.onecycle:
         warmup = max(warmup, int(0.3 * total))
     if cfg.schedule == Schedule.constant:
-        lr: float | keras.optimizers.schedules.LearningRateSchedule = cfg.lr
-    elif warmup:
-        lr = keras.optimizers.schedules.CosineDecay(cfg.lr / 25, total - warmup, warmup_target=cfg.lr,
-                                                    warmup_steps=warmup)
-    else:
-        lr = keras.optimizers.schedules.CosineDecay(cfg.lr, total)
+        return cfg.lr
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(cfg.lr / 25, total - warmup, warmup_target=cfg.lr,
+                                                      warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(cfg.lr, total)
+
+
+def optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The configured optimizer; under a time budget its learning rate is a plain value that `TimeBudget` sets."""
+    lr = lr_schedule(cfg, steps_per_epoch)
+    if cfg.time_budget_min and not isinstance(lr, float):
+        lr = float(lr(0))
     if cfg.optimizer == Optimizer.sgd:
         return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay or None)
     if cfg.optimizer == Optimizer.adamw:
@@ -120,22 +130,67 @@ def optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimi
     return keras.optimizers.Adam(lr)
 
 
-class EpochLog(keras.callbacks.Callback):
-    """One progress line per epoch, the same numbers to MLflow, and images/s for the speed report."""
+class TimeBudget(keras.callbacks.Callback):
+    """Train for at most `minutes`, with a complete learning-rate schedule whatever the machine's speed.
 
-    def __init__(self, epochs: int, n_train: int) -> None:
+    The schedule is driven by the larger of the steps done and the share of the budget used (times the
+    total steps), and training stops when the budget is spent. A slower machine therefore runs fewer
+    epochs that still warm up and decay to the end, instead of overrunning the budget or being cut off at
+    a high learning rate; a fast one runs the configured epochs. Time spent before a resume counts.
+    """
+
+    def __init__(self, schedule: float | keras.optimizers.schedules.LearningRateSchedule, total_steps: int,
+                 minutes: float, spent_s: float = 0.0, clock: Callable[[], float] = time.perf_counter) -> None:
         super().__init__()
-        self.epochs, self.n_train = epochs, n_train
+        self.schedule, self.total_steps = schedule, total_steps
+        self.budget_s, self.spent_s, self.clock = minutes * 60, spent_s, clock
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._start = self.clock() - self.spent_s
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if isinstance(self.schedule, float):
+            return
+        by_time = (self.clock() - self._start) / self.budget_s * self.total_steps
+        step = min(max(float(self.model.optimizer.iterations), by_time), self.total_steps)
+        self.model.optimizer.learning_rate.assign(float(self.schedule(step)))
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.clock() - self._start >= self.budget_s:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.clock() - self._start >= self.budget_s:
+            print(f"[train] time budget of {self.budget_s / 60:g} min spent after "
+                  f"{int(self.model.optimizer.iterations)} of {self.total_steps} steps", flush=True)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One progress line per epoch, the same numbers to MLflow, and images/s for the speed report.
+
+    Adds `train_s`, the training seconds so far (across resumes), to the epoch's logs, so the CSV history
+    that a resumed run reads back knows how much of a time budget is spent.
+    """
+
+    def __init__(self, epochs: int, n_train: int, batch_size: int, spent_s: float = 0.0) -> None:
+        super().__init__()
+        self.epochs, self.n_train, self.batch_size, self.spent_s = epochs, n_train, batch_size, spent_s
         self.images_per_s: list[float] = []
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start = time.perf_counter()
+        self._start, self._batches = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._batches += 1  # a time budget can end the last epoch early
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         seconds = time.perf_counter() - self._start
+        self.spent_s += seconds
+        if logs is not None:
+            logs["train_s"] = self.spent_s
         logs = dict(logs or {})
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        logs["images_per_s"] = self.n_train / seconds
+        logs["images_per_s"] = min(self._batches * self.batch_size, self.n_train) / seconds
         self.images_per_s.append(logs["images_per_s"])
         mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
         print(f"[train] epoch {epoch + 1}/{self.epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
@@ -203,9 +258,15 @@ def main() -> None:
             print(f"[train] resuming after epoch {resumed[-1]['epoch']} from {ckpt}")
             for row in resumed:
                 mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-        progress = EpochLog(cfg.epochs, len(x_train))
-        callbacks = [keras.callbacks.BackupAndRestore(str(ckpt / "backup"), double_checkpoint=True),
-                     keras.callbacks.CSVLogger(str(csv_log), append=True), progress]
+        spent = resumed[-1].get("train_s", 0.0) if resumed else 0.0
+        progress = EpochLog(cfg.epochs, len(x_train), cfg.batch_size, spent)
+        # EpochLog before CSVLogger: it adds the training seconds so far to the logs the CSV records
+        callbacks = [keras.callbacks.BackupAndRestore(str(ckpt / "backup"), double_checkpoint=True), progress,
+                     keras.callbacks.CSVLogger(str(csv_log), append=True)]
+        if cfg.time_budget_min:
+            callbacks.append(TimeBudget(lr_schedule(cfg, steps), cfg.epochs * steps, cfg.time_budget_min, spent))
+            print(f"[train] time budget {cfg.time_budget_min:g} min ({spent / 60:.1f} spent): at most {cfg.epochs} "
+                  "epochs, the learning-rate schedule paced to end on time")
         if cfg.early_stopping_patience or cfg.keep_best:
             callbacks.append(keras.callbacks.EarlyStopping(
                 "val_accuracy", patience=cfg.early_stopping_patience or cfg.epochs, restore_best_weights=cfg.keep_best))
@@ -213,7 +274,7 @@ def main() -> None:
         model.fit(make_dataset(x_train, y_train, cfg, training=True), epochs=cfg.epochs, verbose=0, shuffle=False,
                   validation_data=make_dataset(x_val, y_val, cfg, training=False),
                   class_weight=class_weights(y_train, cfg.class_weight), callbacks=callbacks)
-        seconds = time.perf_counter() - start
+        seconds = spent + time.perf_counter() - start
 
         history = read_history(csv_log)
         if cfg.precision != "float32":  # export a float32 graph: the converter and LiteRT want plain floats

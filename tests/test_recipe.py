@@ -1,0 +1,72 @@
+"""Recipe pieces the FER2013 presets rely on: the time budget's pacing and stop, random erasing."""
+
+from __future__ import annotations
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.config import compose, parse_params
+from pipeline.train import TimeBudget, augmenter, lr_schedule, optimizer
+
+
+def _train_config(**overrides):
+    args = [f"train.{k}={v}" for k, v in overrides.items()]
+    return parse_params(compose(["experiment=fer2013", "data=synthetic", *args])).train
+
+
+class LearningRates(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.seen.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+
+def _fit(cfg, budget_min: float, clock) -> tuple[keras.callbacks.History, list[float]]:
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(32) % 2, 2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    steps = 4
+    model.compile(optimizer=optimizer(cfg, steps), loss="categorical_crossentropy")
+    rates = LearningRates()
+    budget = TimeBudget(lr_schedule(cfg, steps), cfg.epochs * steps, budget_min, clock=clock)
+    history = model.fit(x, y, batch_size=8, epochs=cfg.epochs, verbose=0, callbacks=[budget, rates])
+    return history, rates.seen
+
+
+def test_a_time_budget_ends_training_early_with_a_complete_schedule() -> None:
+    cfg = _train_config(epochs=100, time_budget_min=1, lr=0.01)
+    ticks = itertools.count(step=1.0)  # every clock reading is one second later: 60 readings = the budget
+    history, rates = _fit(cfg, cfg.time_budget_min, lambda: next(ticks))
+    epochs = len(history.history["loss"])
+    assert 5 <= epochs < 100, epochs  # stopped by the clock, long before the configured epochs
+    # the one-cycle schedule ran through: warm-up to the peak, then decay to (almost) nothing by the end
+    assert rates[0] < 0.1 * cfg.lr
+    assert max(rates) == pytest.approx(cfg.lr, rel=0.05)
+    assert rates[-1] < 0.02 * cfg.lr
+    assert rates.index(max(rates)) == pytest.approx(0.3 * len(rates), abs=2)
+
+
+def test_without_time_pressure_the_schedule_follows_the_steps() -> None:
+    cfg = _train_config(epochs=5, time_budget_min=60, lr=0.01)
+    history, rates = _fit(cfg, cfg.time_budget_min, lambda: 0.0)  # a clock that never moves
+    assert len(history.history["loss"]) == 5
+    schedule = lr_schedule(cfg, 4)
+    np.testing.assert_allclose(rates, [float(schedule(i)) for i in range(20)], rtol=1e-5)
+
+
+def test_random_erasing_replaces_a_patch_in_the_configured_share_of_faces() -> None:
+    faces = np.full((400, 48, 48, 1), 128, np.float32)
+    none = augmenter(_train_config(**{"augment.erasing": 0.0, "augment.brightness": 0, "augment.contrast": 0,
+                                      "augment.rotation": 0, "augment.zoom": 0, "augment.shift": 0}))
+    assert np.array_equal(np.asarray(none(faces, training=True)), faces)
+    half = augmenter(_train_config(**{"augment.erasing": 0.5, "augment.brightness": 0, "augment.contrast": 0,
+                                      "augment.rotation": 0, "augment.zoom": 0, "augment.shift": 0}))
+    changed = (np.asarray(half(faces, training=True)) != 128).mean(axis=(1, 2, 3))
+    assert 0.4 < (changed > 0).mean() < 0.6
+    assert 0.01 < changed[changed > 0].mean() < 0.25  # a patch, not the face
