@@ -3,10 +3,13 @@
     .venv/bin/python benchmarks/zoo.py [--tracking-uri URI] [--out reports/fer2013]
 
 Reads every finished pipeline run on FER2013 data (tag `pipeline.data_family = fer2013`, all five stages
-done) through MLflow's client, and writes `<out>.md` (a table: model, MACs, training time and images/s,
-PublicTest accuracy and macro-F1 of Keras / float32 / int8, int8 latency at 1 thread, size) and
-`<out>-zoo.png` (int8 accuracy against per-face latency, the peer package for reference). Numbers only:
-no FER2013 image goes into either file.
+done) through MLflow's client, and writes `<out>.json` (the rows), `<out>.md` (a table: model, recipe, MACs,
+training time and images/s, PublicTest accuracy and macro-F1 of Keras / float32 / int8, int8 latency at 1
+thread, size) and `<out>-zoo.png` (int8 accuracy against per-face latency, the peer package for reference).
+Numbers only: no FER2013 image goes into any of them.
+
+Rows already in `<out>.json` whose run is not in this store (measured earlier, in a store since deleted)
+are kept, so a new store adds to the zoo instead of erasing it; `--fresh` starts over.
 """
 
 from __future__ import annotations
@@ -54,9 +57,27 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
             "lat_int8": m.get("latency_ms_int8_t1"), "lat_f32": m.get("latency_ms_float32_t1"),
             "size_kb": m.get("size_kb_int8"), "seed": p.get("train.seed"), "protocol": tags.get("protocol", ""),
             "val": m["train_val_accuracy"] if "train_val_accuracy" in m else exported_val(client, run),
-            "recipe": f"{p.get('train.weight_decay')}, {p.get('train.class_weight')}",
+            "recipe": recipe(p), "date": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d"),
         })
     return rows
+
+
+def recipe(p: dict[str, str]) -> str:
+    """What distinguishes the FER2013 runs' recipes, short enough for a table cell."""
+    parts = [f"wd {p.get('train.weight_decay')}", f"cw {p.get('train.class_weight')}"]
+    if float(p.get("train.augment.erasing", 0)):
+        parts.append(f"erase {p['train.augment.erasing']}")
+    if float(p.get("train.augment.mixup", 0)):
+        parts.append(f"mixup {p['train.augment.mixup']}")
+    if float(p.get("train.time_budget_min", 0)):
+        parts.append(f"{float(p['train.time_budget_min']):g} min")
+    return ", ".join(parts)
+
+
+def merge(found: list[dict], earlier: list[dict]) -> list[dict]:
+    """This store's rows, then the earlier report's rows for runs this store does not hold, newest first."""
+    ids = {r["run"] for r in found}
+    return sorted(found + [r for r in earlier if r["run"] not in ids], key=lambda r: r.get("date", ""), reverse=True)
 
 
 def write_table(rows: list[dict], path: Path, machine: str) -> None:
@@ -68,14 +89,14 @@ def write_table(rows: list[dict], path: Path, machine: str) -> None:
         "stratified 10 % of Training; 'val acc', of the exported model with its TTA, is the only number a "
         "recipe was chosen by). Latency: LiteRT, batch 1, 1 thread, median of the benchmark stage.",
         "",
-        "| run | model | weight decay, class weight | MACs (M) | epochs | train min | img/s | val acc "
+        "| run | date | model | recipe | MACs (M) | epochs | train min | img/s | val acc "
         "| Keras acc | float32 acc | int8 acc | int8 macro-F1 | int8 ms/face | int8 KiB | seed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = f"{r['model']} {r['filters']}" + (" +TTA" if r["tta"] else "")
-        lines.append(f"| {r['name']} | {name} | {r['recipe']} | {r['mmacs']:.1f} | {r['epochs']} | "
-                     f"{r['train_min']:.0f} | {r['img_s']:.0f} | {r['val']:.4f} | {r['keras']:.4f} | "
+        lines.append(f"| {r['name']} | {r.get('date', '')} | {name} | {r['recipe']} | {r['mmacs']:.1f} | "
+                     f"{r['epochs']} | {r['train_min']:.0f} | {r['img_s']:.0f} | {r['val']:.4f} | {r['keras']:.4f} | "
                      f"{r['float32']:.4f} | {r['int8']:.4f} | "
                      f"{r['f1_int8']:.4f} | {r['lat_int8']:.3f} | {r['size_kb']:.0f} | {r['seed']} |")
     lines += ["", f"Peer for reference: {PEER['name']}, {PEER['accuracy']:.1%} PublicTest, "
@@ -110,19 +131,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     parser.add_argument("--out", default="reports/fer2013")
+    parser.add_argument("--fresh", action="store_true", help="forget the rows of earlier stores")
     args = parser.parse_args()
+    from pipeline.files import write_json
     from pipeline.timing import machine
 
     info = machine()
     name = f"{info['cpu']}, {info['cores']} cores" + (", AVX-512 VNNI" if info["vnni"] else "")
-    rows = collect(mlflow.MlflowClient(args.tracking_uri))
-    if not rows:
-        raise SystemExit(f"error: no finished FER2013 runs at {args.tracking_uri}")
     out = Path(args.out)
+    previous = out.with_suffix(".json")
+    earlier = [] if args.fresh or not previous.exists() else json.loads(previous.read_text())["rows"]
+    rows = merge(collect(mlflow.MlflowClient(args.tracking_uri)), earlier)
+    if not rows:
+        raise SystemExit(f"error: no finished FER2013 runs at {args.tracking_uri} (and none in {previous})")
     out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(previous, {"machine": name, "rows": rows})
     write_table(rows, out.with_suffix(".md"), name)
     write_chart(rows, out.with_name(out.name + "-zoo.png"), name)
-    print(json.dumps(rows, indent=1))
+    print(f"{len(rows)} runs -> {out.with_suffix('.md')}, {out.with_name(out.name + '-zoo.png')}")
 
 
 if __name__ == "__main__":

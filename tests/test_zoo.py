@@ -1,0 +1,71 @@
+"""The model-zoo report (benchmarks/zoo.py) from a real tracking store, adding to the rows of earlier stores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("prepare", "train", "quantize", "benchmark", "evaluate")
+
+
+def _finished_run(client: mlflow.MlflowClient, experiment: str, name: str, accuracy: float) -> str:
+    run = client.create_run(experiment, run_name=name, tags={"pipeline.data_family": "fer2013"} | {
+        f"pipeline.stage.{s}": "done" for s in STAGES})
+    rid = run.info.run_id
+    for key, value in {"model.name": "convnet", "model.filters": "[24,32,128,256]", "model.tta_flip": "true",
+                       "train.seed": "42", "train.weight_decay": "0.01", "train.class_weight": "sqrt",
+                       "train.augment.erasing": "0.5", "train.time_budget_min": "115"}.items():
+        client.log_param(rid, key, value)
+    for key, value in {"train_epochs": 140, "macs_per_face": 160.3e6, "train_seconds": 6900,
+                       "train_images_per_s": 530, "train_val_accuracy": 0.69, "test_accuracy_keras": accuracy,
+                       "test_accuracy_float32": accuracy, "test_accuracy_int8": accuracy, "test_macro_f1_int8": 0.66,
+                       "latency_ms_int8_t1": 0.9, "latency_ms_float32_t1": 0.8, "size_kb_int8": 1119}.items():
+        client.log_metric(rid, key, value)
+    client.set_terminated(rid)
+    return rid
+
+
+def _zoo(store: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "benchmarks/zoo.py", "--tracking-uri", store, "--out", str(out), *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_the_zoo_adds_this_stores_runs_to_the_earlier_rows(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store)
+    experiment = client.create_experiment("fer-expression")
+    new = _finished_run(client, experiment, "fer2013-new", 0.68)[:8]  # the zoo keys rows by short run id
+    out = tmp_path / "reports" / "fer2013"
+    out.parent.mkdir()
+    earlier = {"run": "old-run", "name": "fer2013-old", "model": "convnet", "filters": "[24,48,96,192]", "tta": False,
+               "epochs": 60, "mmacs": 66.2, "train_min": 105, "img_s": 305, "val": 0.65, "keras": 0.651,
+               "float32": 0.651, "int8": 0.6512, "f1_int8": 0.636, "lat_int8": 0.39, "lat_f32": None,
+               "size_kb": 673, "seed": "42", "protocol": "holdout", "recipe": "wd 0.01, cw sqrt", "date": "2026-11-24"}
+    stale = dict(earlier, run=new, name="fer2013-new", int8=0.5)  # this store's run, as an older report had it
+    out.with_suffix(".json").write_text(json.dumps({"machine": "m", "rows": [stale, earlier]}))
+
+    result = _zoo(store, out)
+    assert result.returncode == 0, result.stderr
+    rows = {r["run"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    assert set(rows) == {new, "old-run"}
+    assert rows[new]["int8"] == 0.68 and rows[new]["recipe"] == "wd 0.01, cw sqrt, erase 0.5, 115 min"
+    assert rows["old-run"] == earlier
+    table = out.with_suffix(".md").read_text()
+    assert "| fer2013-new |" in table and "| fer2013-old |" in table
+    assert out.with_name("fer2013-zoo.png").read_bytes()[:4] == b"\x89PNG"
+
+    fresh = _zoo(store, out, "--fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    assert [r["run"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]] == [new]
+
+
+def test_an_empty_store_and_no_report_is_one_line(tmp_path: Path) -> None:
+    result = _zoo(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "fer2013")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no finished FER2013 runs at sqlite:///")
+    assert not (tmp_path / "fer2013.md").exists()
