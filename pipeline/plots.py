@@ -42,13 +42,18 @@ def training_curves(history: Sequence[dict[str, float]], path: Path) -> None:
 
 
 def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
-    """Row-normalised (recall per true class) colours, with the raw counts written in each cell."""
+    """Row-normalised colours, raw counts in the cells, and each true class's recall beside its name.
+
+    The recall is the diagonal of the colours, written out because a rare class (`disgust`) is where a
+    model fails first and a shade is hard to read off.
+    """
     norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    fig, ax = plt.subplots(figsize=(6.8, 5.6))
     image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set_yticks(range(len(classes)), [f"{c}  {norm[i, i]:.0%}" for i, c in enumerate(classes)])
+    ax.set_ylabel("true (recall)")
+    ax.set(xlabel="predicted", title=title)
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8,
