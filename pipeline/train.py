@@ -260,9 +260,11 @@ def main() -> None:
                 mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         spent = resumed[-1].get("train_s", 0.0) if resumed else 0.0
         progress = EpochLog(cfg.epochs, len(x_train), cfg.batch_size, spent)
-        # EpochLog before CSVLogger: it adds the training seconds so far to the logs the CSV records
-        callbacks = [keras.callbacks.BackupAndRestore(str(ckpt / "backup"), double_checkpoint=True), progress,
-                     keras.callbacks.CSVLogger(str(csv_log), append=True)]
+        # In this order at each epoch's end: EpochLog adds the training seconds so far to the logs, the CSV
+        # records them, and only then the backup is taken. A kill between the two leaves a CSV row ahead
+        # of the backup (the epoch reruns and its last row wins), never a backup ahead of the CSV.
+        callbacks = [progress, keras.callbacks.CSVLogger(str(csv_log), append=True),
+                     keras.callbacks.BackupAndRestore(str(ckpt / "backup"), double_checkpoint=True)]
         if cfg.time_budget_min:
             callbacks.append(TimeBudget(lr_schedule(cfg, steps), cfg.epochs * steps, cfg.time_budget_min, spent))
             print(f"[train] time budget {cfg.time_budget_min:g} min ({spent / 60:.1f} spent): at most {cfg.epochs} "
