@@ -50,6 +50,7 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
         rows.append({
             "run": run.info.run_id[:8], "name": run.info.run_name, "model": p.get("model.name"),
             "filters": p.get("model.filters", ""), "tta": p.get("model.tta_flip") == "true",
+            "zoom": int(p.get("model.tta_zoom", 0)),
             "epochs": int(m.get("train_epochs", 0)), "mmacs": m.get("macs_per_face", 0) / 1e6,
             "train_min": m.get("train_seconds", 0) / 60, "img_s": m.get("train_images_per_s", 0),
             "keras": m.get("test_accuracy_keras"), "float32": m.get("test_accuracy_float32"),
@@ -94,7 +95,8 @@ def write_table(rows: list[dict], path: Path, machine: str) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        name = f"{r['model']} {r['filters']}" + (" +TTA" if r["tta"] else "")
+        name = f"{r['model']} {r['filters']}" + (" +flip" if r["tta"] else "") + (
+            f" +zoom {r['zoom']}" if r.get("zoom") else "")
         lines.append(f"| {r['name']} | {r.get('date', '')} | {name} | {r['recipe']} | {r['mmacs']:.1f} | "
                      f"{r['epochs']} | {r['train_min']:.0f} | {r['img_s']:.0f} | {r['val']:.4f} | {r['keras']:.4f} | "
                      f"{r['float32']:.4f} | {r['int8']:.4f} | "

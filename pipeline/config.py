@@ -91,6 +91,7 @@ DATA_SCHEMAS: dict[str, type[DataConfig]] = {
 class ModelConfig:
     name: str = required()
     tta_flip: bool = required()
+    tta_zoom: int = bounded(ge=0, le=47)  # 0 = off; else the side in pixels of a central crop scored too
 
 
 @dataclass

@@ -45,6 +45,22 @@ class HorizontalFlip(layers.Layer):
         return ops.flip(x, axis=2)
 
 
+@keras.saving.register_keras_serializable(package="fer")
+class CenterZoom(layers.Layer):
+    """Zoom in: the central `crop` x `crop` pixels scaled back to the input size (TFLite slice + bilinear resize)."""
+
+    def __init__(self, crop: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.crop = crop
+
+    def call(self, x):
+        top = (INPUT_SHAPE[0] - self.crop) // 2
+        return ops.image.resize(x[:, top:top + self.crop, top:top + self.crop], INPUT_SHAPE[:2])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "crop": self.crop}
+
+
 def _pixels_in(name: str = "pixels") -> tuple[keras.KerasTensor, keras.KerasTensor]:
     inputs = keras.Input(INPUT_SHAPE, name=name)
     return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
@@ -101,19 +117,23 @@ def build_model(cfg: ModelConfig) -> keras.Model:
     return ARCHITECTURES[cfg.name](cfg)
 
 
-def with_tta(core: keras.Model) -> keras.Model:
-    """Average the scores of the face and its mirror image: the exported model when `tta_flip` is on.
+def with_tta(core: keras.Model, flip: bool, zoom: int = 0) -> keras.Model:
+    """Average the scores of several views of the face: the exported model when TTA is configured.
 
-    Applied after training, so it costs nothing to train (flip augmentation already taught the model
-    both orientations) and doubles the MACs per face at inference.
+    Views: the face, with `zoom` its central `zoom`-pixel crop scaled to 48x48, and with `flip` the mirror
+    image of each. Applied after training, so it costs nothing to train (flip and zoom augmentation
+    already taught the model these views) and multiplies the MACs per face by the number of views.
     """
     inputs = keras.Input(INPUT_SHAPE, name="pixels")
-    scores = layers.Average(name="tta_mean")([core(inputs), core(HorizontalFlip()(inputs))])
+    views = [inputs] + ([CenterZoom(zoom, name="tta_zoom")(inputs)] if zoom else [])
+    if flip:
+        views += [HorizontalFlip(name=f"tta_flip_{i}")(view) for i, view in enumerate(views)]
+    scores = layers.Average(name="tta_mean")([core(view) for view in views])
     return keras.Model(inputs, scores, name=f"{core.name}_tta")
 
 
 def export_model(cfg: ModelConfig, core: keras.Model) -> keras.Model:
-    return with_tta(core) if cfg.tta_flip else core
+    return with_tta(core, cfg.tta_flip, cfg.tta_zoom) if cfg.tta_flip or cfg.tta_zoom else core
 
 
 def count_macs(model: keras.Model) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline.config import MODEL_SCHEMAS, compose, parse_params
 from pipeline.models import ARCHITECTURES, build_model, count_macs, export_model
@@ -49,6 +50,18 @@ def test_tta_flip_averages_the_mirrored_face() -> None:
     assert np.allclose(a, b, atol=1e-5)  # symmetric by construction
     plain = build_model(model_cfg("small_cnn"))
     assert count_macs(model) == 2 * count_macs(plain)
+
+
+def test_tta_zoom_adds_the_zoomed_face_and_its_mirror() -> None:
+    cfg = model_cfg("small_cnn", tta_flip=True, tta_zoom=40)
+    core = build_model(cfg)
+    model = export_model(cfg, core)
+    x = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 1)).astype(np.float32)
+    zoomed = tf.image.resize(x[:, 4:44, 4:44], (48, 48)).numpy()
+    views = [x, x[:, :, ::-1], zoomed, zoomed[:, :, ::-1]]
+    expected = np.mean([core(v, training=False).numpy() for v in views], axis=0)
+    np.testing.assert_allclose(model(x, training=False).numpy(), expected, atol=1e-5)
+    assert count_macs(model) == 4 * count_macs(core)
 
 
 def test_mac_count_of_a_known_layer_stack() -> None:
