@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -198,6 +199,34 @@ class EpochLog(keras.callbacks.Callback):
               f"  lr {logs['lr']:.2e}  {seconds:.1f}s  {logs['images_per_s']:.0f} img/s", flush=True)
 
 
+class SignalsAtSafePoints(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) and SIGTERM during `fit` interrupt it at the next batch or epoch end, not wherever
+    Python happens to be.
+
+    A KeyboardInterrupt raised at an arbitrary point can land inside a library callback while a
+    checkpoint is being written, where it is swallowed and training carries on; raised here, it always
+    stops the run, and an epoch's history row and backup are never left half-done by it.
+    """
+
+    def __enter__(self) -> SignalsAtSafePoints:
+        self.received: int | None = None
+        self._previous = {sig: signal.signal(sig, self._record) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+    def _stop_if_signalled(self, *args: object, **kwargs: object) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"signal {self.received}")
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _stop_if_signalled
+
+
 def checkpoint_dir(params: Params) -> Path:
     """A folder keyed by everything that shapes the weights, so a stale checkpoint can't be resumed."""
     report = json.loads((PREPARED / "report.json").read_text())
@@ -273,9 +302,10 @@ def main() -> None:
             callbacks.append(keras.callbacks.EarlyStopping(
                 "val_accuracy", patience=cfg.early_stopping_patience or cfg.epochs, restore_best_weights=cfg.keep_best))
         start = time.perf_counter()
-        model.fit(make_dataset(x_train, y_train, cfg, training=True), epochs=cfg.epochs, verbose=0, shuffle=False,
-                  validation_data=make_dataset(x_val, y_val, cfg, training=False),
-                  class_weight=class_weights(y_train, cfg.class_weight), callbacks=callbacks)
+        with SignalsAtSafePoints() as safe_points:  # last: an epoch's history and backup are complete first
+            model.fit(make_dataset(x_train, y_train, cfg, training=True), epochs=cfg.epochs, verbose=0,
+                      shuffle=False, validation_data=make_dataset(x_val, y_val, cfg, training=False),
+                      class_weight=class_weights(y_train, cfg.class_weight), callbacks=[*callbacks, safe_points])
         seconds = spent + time.perf_counter() - start
 
         history = read_history(csv_log)
