@@ -95,7 +95,7 @@ def write_report(rows: list[dict], steps: int, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--models", nargs="+", default=["fer_vgg", "fer_fast", "seed_cnn", "small_cnn"])
+    parser.add_argument("--models", nargs="+", default=["fer_vgg", "seed_cnn", "small_cnn"])
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "train_speed")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "DETERMINISTIC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
