@@ -147,20 +147,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _continuable_run(upstream: str | None, stage: str, digest: str) -> str | None:
-    """The upstream stage's run id if this stage belongs to the same execution, else None."""
+def _continuable_run(upstream: str | None, stage: str, digest: str) -> tuple[str | None, str | None]:
+    """(the upstream stage's run id if this stage belongs to the same execution, else None; the run of the
+    same execution if that one was interrupted, so the new run can link to it, else None)."""
     if upstream is None:
-        return None
+        return None, None
     record = RUNS_DIR / f"{upstream}.json"
     try:
         run_id = json.loads(record.read_text())["run_id"]
         run = mlflow.MlflowClient().get_run(run_id)
     except (OSError, KeyError, ValueError, MlflowException):
-        return None
+        return None, None
     tags = run.data.tags
-    if run.info.status in ("FAILED", "KILLED") or tags.get(f"pipeline.stage.{stage}"):
-        return None
-    return run_id if tags.get("pipeline.params_digest") == digest else None
+    if tags.get("pipeline.params_digest") != digest:
+        return None, None
+    if run.info.status in ("FAILED", "KILLED"):  # never reopened: a resumed stage starts a linked run
+        return None, run_id
+    return (None if tags.get(f"pipeline.stage.{stage}") else run_id), None
 
 
 @dataclass
@@ -186,11 +189,13 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
     for run_id in mark_stale_runs(experiment_id):
         print(f"[{stage}] marked stale run {run_id} KILLED (its process is gone)")
     digest = params_digest(params)
-    run_id = _continuable_run(upstream, stage, digest)
+    run_id, interrupted = _continuable_run(upstream, stage, digest)
     git = git_state()
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     tags = {"mlflow.source.git.commit": git["commit"], "git.dirty": git["dirty"], "dvc.exp_name": exp_name,
             "pipeline.params_digest": digest, "pipeline.data_family": params.data.family}
+    if interrupted:  # e.g. a training resumed from its checkpoint after the machine went down
+        tags["pipeline.resumes_run"] = interrupted
     data_md5 = data_dependency_md5(params.data.path) if stage != "prepare" else None  # prepare's lock entry
     # is written by DVC after prepare ends, so the first later stage records it
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -202,7 +207,7 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
                         | ({"dvc.data_md5": data_md5} if data_md5 else {}))
         if run_id is None:
             mlflow.log_params(to_flat_dict(params))
-        how = "continuing" if run_id else "new"
+        how = "continuing" if run_id else f"new, resuming interrupted run {interrupted}" if interrupted else "new"
         uri = redact(tracking_uri(params.mlflow))
         where = f"{uri}/#/experiments/{experiment_id}/runs/{run.info.run_id}" if uri.startswith("http") else uri
         print(f"[{stage}] MLflow run {run.info.run_id} ({how}) at {where}")

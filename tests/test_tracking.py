@@ -88,6 +88,20 @@ def test_interrupt_marks_the_run_killed(params) -> None:
         assert not nxt.continued
 
 
+def test_a_stage_resumed_after_its_execution_died_links_to_the_dead_run(params) -> None:
+    with tracking.stage_run("prepare", params, upstream=None) as prepared:
+        pass
+    mlflow.MlflowClient().set_terminated(prepared.run_id, "KILLED")  # train was SIGKILLed in this run
+    with tracking.stage_run("train", params, upstream="prepare") as resumed:
+        assert not resumed.continued
+    tags = mlflow.MlflowClient().get_run(resumed.run_id).data.tags
+    assert tags["pipeline.resumes_run"] == prepared.run_id
+    # an unrelated new execution carries no link
+    with tracking.stage_run("prepare", params, upstream=None) as fresh:
+        pass
+    assert "pipeline.resumes_run" not in mlflow.MlflowClient().get_run(fresh.run_id).data.tags
+
+
 def test_runs_left_running_by_a_dead_process_are_marked_killed(params) -> None:
     experiment_id = tracking.connect(params.mlflow)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
