@@ -22,7 +22,7 @@ venv: $(BIN)/.installed  ## create .venv from requirements.lock
 
 run: venv  ## the whole pipeline (prepare, train, quantize, benchmark, evaluate) on the default data
 	dvc repro
-	@dvc metrics show
+	@echo "done: metrics in metrics/*.json (dvc metrics show), plots in plots/ (dvc plots show), runs: mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: venv  ## the test suite (unit + integration with real dvc and mlflow processes)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
