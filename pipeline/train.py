@@ -12,6 +12,7 @@ params or data is never resumed (its folder is deleted).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -228,9 +229,14 @@ class SignalsAtSafePoints(keras.callbacks.Callback):
 
 
 def checkpoint_dir(params: Params) -> Path:
-    """A folder keyed by everything that shapes the weights, so a stale checkpoint can't be resumed."""
+    """A folder keyed by everything that shapes the weights, so a stale checkpoint can't be resumed.
+
+    Test-time views are not in the key: they are added after training, so changing them resumes (or, after
+    a finished run, merely re-exports) instead of training again.
+    """
     report = json.loads((PREPARED / "report.json").read_text())
-    key = json.dumps({"data": report["digests"], "model": str(params.model), "train": str(params.train)},
+    trained = dataclasses.replace(params.model, tta_flip=False, tta_zoom=0)
+    key = json.dumps({"data": report["digests"], "model": str(trained), "train": str(params.train)},
                      sort_keys=True)
     path = CHECKPOINTS / hashlib.sha256(key.encode()).hexdigest()[:16]
     if CHECKPOINTS.exists():
