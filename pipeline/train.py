@@ -231,8 +231,8 @@ class SignalsAtSafePoints(keras.callbacks.Callback):
 def checkpoint_dir(params: Params) -> Path:
     """A folder keyed by everything that shapes the weights, so a stale checkpoint can't be resumed.
 
-    Test-time views are not in the key: they are added after training, so changing them resumes (or, after
-    a finished run, merely re-exports) instead of training again.
+    Test-time views are not in the key: they are added after training, so changing them before an
+    interrupted run is resumed does not throw its epochs away.
     """
     report = json.loads((PREPARED / "report.json").read_text())
     trained = dataclasses.replace(params.model, tta_flip=False, tta_zoom=0)
