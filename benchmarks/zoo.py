@@ -5,7 +5,8 @@
 Reads every finished pipeline run on FER2013 data (tag `pipeline.data_family = fer2013`, all five stages
 done) through MLflow's client, and writes `<out>.json` (the rows), `<out>.md` (a table: model, recipe, MACs,
 training time and images/s, PublicTest accuracy and macro-F1 of Keras / float32 / int8, int8 latency at 1
-thread, size) and `<out>-zoo.png` (int8 accuracy against per-face latency, the peer package for reference).
+thread, size, and the experiment preset the run's params match) and `<out>-zoo.png` (int8 accuracy against
+per-face latency, the peer package for reference).
 Numbers only: no FER2013 image goes into any of them.
 
 Rows already in `<out>.json` whose run is not in this store (measured earlier, in a store since deleted)
@@ -44,14 +45,15 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
     experiment = client.get_experiment_by_name("fer-expression")
     if experiment is None:
         return []
-    rows = []
+    rows, presets = [], preset_params()
     for run in client.search_runs([experiment.experiment_id], "tags.`pipeline.data_family` = 'fer2013'",
                                   order_by=["attributes.start_time DESC"], max_results=500):
         tags, m, p = run.data.tags, run.data.metrics, run.data.params
         if not all(tags.get(f"pipeline.stage.{s}") == "done" for s in STAGES):
             continue
         rows.append({
-            "run": run.info.run_id[:8], "name": run.info.run_name, "model": p.get("model.name"),
+            "run": run.info.run_id[:8], "name": run.info.run_name, "preset": preset_of(p, presets),
+            "model": p.get("model.name"),
             "filters": p.get("model.filters", ""), "tta": p.get("model.tta_flip") == "true",
             "zoom": int(p.get("model.tta_zoom", 0)),
             "epochs": int(m.get("train_epochs", 0)), "mmacs": m.get("macs_per_face", 0) / 1e6,
@@ -64,6 +66,27 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
             "recipe": recipe(p), "date": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d"),
         })
     return rows
+
+
+def preset_params() -> dict[str, dict[str, str]]:
+    """The model and train params of each FER2013 experiment preset as it is now, flat as MLflow logs them."""
+    from pipeline.config import CONF_DIR, compose, parse_params, to_flat_dict
+
+    presets = {"": to_flat_dict(parse_params(compose()))}  # the defaults: for keys added after a run
+    for path in sorted((CONF_DIR / "experiment").glob("fer2013*.yaml")):
+        flat = to_flat_dict(parse_params(compose([f"experiment={path.stem}"])))
+        presets[path.stem] = {k: v for k, v in flat.items() if k.startswith(("model.", "train."))}
+    return presets
+
+
+def preset_of(p: dict[str, str], presets: dict[str, dict[str, str]]) -> str:
+    """The preset whose model and train params a run has, all of them; '' for a run of an older recipe.
+
+    A key the run did not log was added to the config later, with a default that keeps the old behaviour.
+    """
+    defaults = presets[""]
+    return next((name for name, want in presets.items()
+                 if name and all(p.get(k, defaults.get(k)) == v for k, v in want.items())), "")
 
 
 def recipe(p: dict[str, str]) -> str:
@@ -93,20 +116,23 @@ def write_table(rows: list[dict], path: Path, machine: str) -> None:
         "stratified 10 % of Training; 'val acc', of the exported model with its TTA, is the only number a "
         "recipe was chosen by). Latency: LiteRT, batch 1, 1 thread, median of the benchmark stage.",
         "",
-        "| run | date | host | model | recipe | MACs (M) | epochs | train min | img/s | val acc "
+        "| run | preset | date | host | model | recipe | MACs (M) | epochs | train min | img/s | val acc "
         "| Keras acc | float32 acc | int8 acc | int8 macro-F1 | int8 ms/face | int8 KiB | seed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = f"{r['model']} {r['filters']}" + (" +flip" if r["tta"] else "") + (
             f" +zoom {r['zoom']}" if r.get("zoom") else "")
-        lines.append(f"| {r['name']} | {r.get('date', '')} | {r.get('host', 'this')} | {name} | {r['recipe']} | "
-                     f"{r['mmacs']:.1f} | "
+        preset = f"`{r['preset']}`" if r.get("preset") else ""
+        lines.append(f"| {r['name']} | {preset} | {r.get('date', '')} | {r.get('host', 'this')} | {name} | "
+                     f"{r['recipe']} | {r['mmacs']:.1f} | "
                      f"{r['epochs']} | {r['train_min']:.0f} | {r['img_s']:.0f} | {r['val']:.4f} | {r['keras']:.4f} | "
                      f"{r['float32']:.4f} | {r['int8']:.4f} | "
                      f"{r['f1_int8']:.4f} | {r['lat_int8']:.3f} | {r['size_kb']:.0f} | {r['seed']} |")
-    lines += ["", "Host 'earlier': the same machine type on an earlier day, about 2.2x slower (the `fer2013` model "
-              "with flip TTA: 0.921 ms and 276 img/s there, 0.412 ms and 520 img/s here); compare its "
+    lines += ["", "Preset: the experiment preset (`conf/experiment/`, as it is now) whose model and train "
+              "parameters the run had, all of them; empty for runs of earlier recipes.",
+              "", "Host 'earlier': the same machine type on an earlier day, about 2.2x slower (the `fer2013_fast` "
+              "model: 0.921 ms and 276 img/s there, 0.412 ms and 520 img/s here); compare its "
               "milliseconds and training minutes only with each other.",
               "", f"Peer for reference: {PEER['name']}, {PEER['accuracy']:.1%} PublicTest, "
               f"{PEER['latency_ms']} ms/face (../shared/FACTS.md).", ""]
@@ -126,7 +152,8 @@ def write_chart(rows: list[dict], path: Path, machine: str) -> None:
         x, y = r["lat_int8"], r["int8"] * 100
         crowded = any(abs(y - py) < 0.3 and abs(x / px - 1) < 0.1 for px, py in placed)  # a label just above
         placed.append((x, y))
-        ax.annotate(f"{r['name']}", (x, y), textcoords="offset points", xytext=(5, -11 if crowded else 4),
+        label = f"{r['preset']} ({r['name']})" if r.get("preset") else r["name"]
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, -11 if crowded else 4),
                     fontsize=8, color="#999999" if earlier else "black")
     ax.scatter(PEER["latency_ms"], PEER["accuracy"] * 100, marker="x", color="#e45756", s=60)
     ax.annotate(PEER["name"], (PEER["latency_ms"], PEER["accuracy"] * 100), textcoords="offset points",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+
+from pipeline.config import compose, parse_params, to_flat_dict
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "quantize", "benchmark", "evaluate")
@@ -69,3 +72,17 @@ def test_an_empty_store_and_no_report_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: no finished FER2013 runs at sqlite:///")
     assert not (tmp_path / "fer2013.md").exists()
+
+
+def test_a_run_is_named_by_the_preset_whose_model_and_train_params_it_has() -> None:
+    spec = importlib.util.spec_from_file_location("zoo", REPO / "benchmarks" / "zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    presets = zoo.preset_params()
+    logged = to_flat_dict(parse_params(compose(["experiment=fer2013_fast", "data.path=elsewhere.zip"])))
+    assert zoo.preset_of(logged, presets) == "fer2013_fast"  # data params don't matter
+    assert zoo.preset_of(logged | {"model.tta_zoom": "44"}, presets) == "fer2013"
+    assert zoo.preset_of(logged | {"train.lr": "0.001"}, presets) == ""
+    # a run from before `model.tta_zoom` existed: the key counts at its default
+    older = {k: v for k, v in logged.items() if k != "model.tta_zoom"}
+    assert zoo.preset_of(older, presets) == "fer2013_fast"
