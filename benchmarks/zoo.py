@@ -45,14 +45,14 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
     experiment = client.get_experiment_by_name("fer-expression")
     if experiment is None:
         return []
-    rows, presets = [], preset_params()
+    rows, (presets, defaults) = [], preset_params()
     for run in client.search_runs([experiment.experiment_id], "tags.`pipeline.data_family` = 'fer2013'",
                                   order_by=["attributes.start_time DESC"], max_results=500):
         tags, m, p = run.data.tags, run.data.metrics, run.data.params
         if not all(tags.get(f"pipeline.stage.{s}") == "done" for s in STAGES):
             continue
         rows.append({
-            "run": run.info.run_id[:8], "name": run.info.run_name, "preset": preset_of(p, presets),
+            "run": run.info.run_id[:8], "name": run.info.run_name, "preset": preset_of(p, presets, defaults),
             "model": p.get("model.name"),
             "filters": p.get("model.filters", ""), "tta": p.get("model.tta_flip") == "true",
             "zoom": int(p.get("model.tta_zoom", 0)),
@@ -68,25 +68,25 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
     return rows
 
 
-def preset_params() -> dict[str, dict[str, str]]:
-    """The model and train params of each FER2013 experiment preset as it is now, flat as MLflow logs them."""
+def preset_params() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The model and train params of each FER2013 experiment preset as it is now, flat as MLflow logs them,
+    and the default config's (for keys added to the config after a run)."""
     from pipeline.config import CONF_DIR, compose, parse_params, to_flat_dict
 
-    presets = {"": to_flat_dict(parse_params(compose()))}  # the defaults: for keys added after a run
+    presets = {}
     for path in sorted((CONF_DIR / "experiment").glob("fer2013*.yaml")):
         flat = to_flat_dict(parse_params(compose([f"experiment={path.stem}"])))
         presets[path.stem] = {k: v for k, v in flat.items() if k.startswith(("model.", "train."))}
-    return presets
+    return presets, to_flat_dict(parse_params(compose()))
 
 
-def preset_of(p: dict[str, str], presets: dict[str, dict[str, str]]) -> str:
+def preset_of(p: dict[str, str], presets: dict[str, dict[str, str]], defaults: dict[str, str]) -> str:
     """The preset whose model and train params a run has, all of them; '' for a run of an older recipe.
 
     A key the run did not log was added to the config later, with a default that keeps the old behaviour.
     """
-    defaults = presets[""]
     return next((name for name, want in presets.items()
-                 if name and all(p.get(k, defaults.get(k)) == v for k, v in want.items())), "")
+                 if all(p.get(k, defaults.get(k)) == v for k, v in want.items())), "")
 
 
 def recipe(p: dict[str, str]) -> str:

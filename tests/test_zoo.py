@@ -78,11 +78,11 @@ def test_a_run_is_named_by_the_preset_whose_model_and_train_params_it_has() -> N
     spec = importlib.util.spec_from_file_location("zoo", REPO / "benchmarks" / "zoo.py")
     zoo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(zoo)
-    presets = zoo.preset_params()
+    presets, defaults = zoo.preset_params()
     logged = to_flat_dict(parse_params(compose(["experiment=fer2013_fast", "data.path=elsewhere.zip"])))
-    assert zoo.preset_of(logged, presets) == "fer2013_fast"  # data params don't matter
-    assert zoo.preset_of(logged | {"model.tta_zoom": "44"}, presets) == "fer2013"
-    assert zoo.preset_of(logged | {"train.lr": "0.001"}, presets) == ""
+    assert zoo.preset_of(logged, presets, defaults) == "fer2013_fast"  # data params don't matter
+    assert zoo.preset_of(logged | {"model.tta_zoom": "44"}, presets, defaults) == "fer2013"
+    assert zoo.preset_of(logged | {"train.lr": "0.001"}, presets, defaults) == ""
     # a run from before `model.tta_zoom` existed: the key counts at its default
     older = {k: v for k, v in logged.items() if k != "model.tta_zoom"}
-    assert zoo.preset_of(older, presets) == "fer2013_fast"
+    assert zoo.preset_of(older, presets, defaults) == "fer2013_fast"
