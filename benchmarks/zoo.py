@@ -91,8 +91,9 @@ def preset_of(p: dict[str, str], presets: dict[str, dict[str, str]], defaults: d
 
 def recipe(p: dict[str, str]) -> str:
     """What distinguishes the FER2013 runs' recipes, short enough for a table cell."""
-    parts = [f"{p.get('train.optimizer')} {p.get('train.schedule')} {p.get('train.lr')}",
-             f"wd {p.get('train.weight_decay')}", f"cw {p.get('train.class_weight')}"]
+    optimizer = " ".join(p[k] for k in ("train.optimizer", "train.schedule", "train.lr") if k in p)
+    parts = [*([optimizer] if optimizer else []), f"wd {p.get('train.weight_decay')}",
+             f"cw {p.get('train.class_weight')}"]
     if not any(v.lower() not in ("false", "0", "0.0") for k, v in p.items() if k.startswith("train.augment.")):
         parts.append("no augmentation")
     if float(p.get("train.augment.erasing", 0)):

@@ -21,7 +21,8 @@ def _finished_run(client: mlflow.MlflowClient, experiment: str, name: str, accur
         f"pipeline.stage.{s}": "done" for s in STAGES})
     rid = run.info.run_id
     for key, value in {"model.name": "convnet", "model.filters": "[24,32,128,256]", "model.tta_flip": "true",
-                       "train.seed": "42", "train.weight_decay": "0.01", "train.class_weight": "sqrt",
+                       "train.seed": "42", "train.optimizer": "adamw", "train.schedule": "onecycle",
+                       "train.lr": "0.003", "train.weight_decay": "0.01", "train.class_weight": "sqrt",
                        "train.augment.erasing": "0.5", "train.time_budget_min": "115"}.items():
         client.log_param(rid, key, value)
     for key, value in {"train_epochs": 140, "macs_per_face": 160.3e6, "train_seconds": 6900,
@@ -56,7 +57,8 @@ def test_the_zoo_adds_this_stores_runs_to_the_earlier_rows(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     rows = {r["run"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
     assert set(rows) == {new, "old-run"}
-    assert rows[new]["int8"] == 0.68 and rows[new]["recipe"] == "wd 0.01, cw sqrt, erase 0.5, 115 min"
+    assert rows[new]["int8"] == 0.68
+    assert rows[new]["recipe"] == "adamw onecycle 0.003, wd 0.01, cw sqrt, erase 0.5, 115 min"
     assert rows["old-run"] == earlier
     table = out.with_suffix(".md").read_text()
     assert "| fer2013-new |" in table and "| fer2013-old |" in table
@@ -74,10 +76,15 @@ def test_an_empty_store_and_no_report_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "fer2013.md").exists()
 
 
-def test_a_run_is_named_by_the_preset_whose_model_and_train_params_it_has() -> None:
+def _load_zoo():
     spec = importlib.util.spec_from_file_location("zoo", REPO / "benchmarks" / "zoo.py")
     zoo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(zoo)
+    return zoo
+
+
+def test_a_run_is_named_by_the_preset_whose_model_and_train_params_it_has() -> None:
+    zoo = _load_zoo()
     presets, defaults = zoo.preset_params()
     logged = to_flat_dict(parse_params(compose(["experiment=fer2013_fast", "data.path=elsewhere.zip"])))
     assert zoo.preset_of(logged, presets, defaults) == "fer2013_fast"  # data params don't matter
@@ -86,3 +93,11 @@ def test_a_run_is_named_by_the_preset_whose_model_and_train_params_it_has() -> N
     # a run from before `model.tta_zoom` existed: the key counts at its default
     older = {k: v for k, v in logged.items() if k != "model.tta_zoom"}
     assert zoo.preset_of(older, presets, defaults) == "fer2013_fast"
+
+
+def test_the_recipe_cell_tells_the_seed_preset_from_ours() -> None:
+    zoo = _load_zoo()
+    flat = {k: str(v) for k, v in to_flat_dict(parse_params(compose(["experiment=fer2013_seed"]))).items()}
+    assert zoo.recipe(flat) == "adam constant 0.001, wd 0.0, cw none, no augmentation, 115 min"
+    ours = {k: str(v) for k, v in to_flat_dict(parse_params(compose(["experiment=fer2013"]))).items()}
+    assert "no augmentation" not in zoo.recipe(ours) and zoo.recipe(ours).startswith("adamw onecycle")
