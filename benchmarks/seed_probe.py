@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.config import compose, parse_params
 from pipeline.files import load_split
 from pipeline.models import build_model
-from pipeline.train import class_weights, make_dataset, optimizer
+from pipeline.train import class_weights, compile_for_training, make_dataset
 
 
 def main() -> None:
@@ -40,8 +40,7 @@ def main() -> None:
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(params.model)
     steps = -(-len(subset) // cfg.batch_size)
-    model.compile(optimizer(cfg, steps), loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                  metrics=["accuracy"])
+    compile_for_training(model, cfg, steps)
     start = time.monotonic()
     history = model.fit(make_dataset(x[subset], y[subset], cfg, training=True), epochs=args.epochs, verbose=0,
                         class_weight=class_weights(y[subset], cfg.class_weight),

@@ -33,7 +33,7 @@ def measure(model: str, deterministic: bool, steps: int) -> dict[str, float]:
 
     from pipeline.config import CLASSES, compose, parse_params
     from pipeline.models import build_model, count_macs
-    from pipeline.train import make_dataset, optimizer
+    from pipeline.train import compile_for_training, make_dataset
 
     params = parse_params(compose([*PRESET, f"model={model}", f"train.deterministic={str(deterministic).lower()}"]))
     cfg = params.train
@@ -54,8 +54,7 @@ def measure(model: str, deterministic: bool, steps: int) -> dict[str, float]:
     pipeline_img_s = n / (time.perf_counter() - start)
 
     net = build_model(params.model)
-    net.compile(optimizer=optimizer(cfg, steps), metrics=["accuracy"],
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing))
+    compile_for_training(net, cfg, steps)
     net.fit(ds, epochs=1, verbose=0)  # tracing and first-touch costs
     start = time.perf_counter()
     net.fit(ds, epochs=1, verbose=0)

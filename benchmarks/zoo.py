@@ -94,7 +94,8 @@ def recipe(p: dict[str, str]) -> str:
     optimizer = " ".join(p[k] for k in ("train.optimizer", "train.schedule", "train.lr") if k in p)
     parts = [*([optimizer] if optimizer else []), f"wd {p.get('train.weight_decay')}",
              f"cw {p.get('train.class_weight')}"]
-    if not any(v.lower() not in ("false", "0", "0.0") for k, v in p.items() if k.startswith("train.augment.")):
+    augment = [v.lower() for k, v in p.items() if k.startswith("train.augment.")]
+    if augment and all(v in ("false", "0", "0.0") for v in augment):
         parts.append("no augmentation")
     if float(p.get("train.augment.erasing", 0)):
         parts.append(f"erase {p['train.augment.erasing']}")
