@@ -30,6 +30,8 @@ import matplotlib.pyplot as plt
 import mlflow
 from matplotlib import ticker
 
+from pipeline.files import atomic_path, write_json, write_text
+
 STAGES = ("train", "quantize", "benchmark", "evaluate")  # a resumed run links to the one that ran prepare
 # The PyPI `fer` package measured on this machine class (../shared/FACTS.md: 65.3 % PublicTest, 0.52 ms/face).
 PEER = {"name": "PyPI fer (mini-Xception)", "accuracy": 0.653, "latency_ms": 0.52}
@@ -141,9 +143,7 @@ def write_table(rows: list[dict], path: Path, machine: str) -> None:
               "milliseconds and training minutes only with each other.",
               "", f"Peer for reference: {PEER['name']}, {PEER['accuracy']:.1%} PublicTest, "
               f"{PEER['latency_ms']} ms/face (../shared/FACTS.md).", ""]
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines))
 
 
 def write_chart(rows: list[dict], path: Path, machine: str) -> None:
@@ -181,9 +181,9 @@ def write_chart(rows: list[dict], path: Path, machine: str) -> None:
     ax.set(xlim=xlim, ylim=ylim)
     ax.annotate("fast target: >= 66 %, <= 0.5 ms", (0.5, 66), textcoords="offset points", xytext=(-4, 3),
                 ha="right", fontsize=8, color="#59a14f")
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
 
 
 def main() -> None:
@@ -192,7 +192,6 @@ def main() -> None:
     parser.add_argument("--out", default="reports/fer2013")
     parser.add_argument("--fresh", action="store_true", help="forget the rows of earlier stores")
     args = parser.parse_args()
-    from pipeline.files import write_json
     from pipeline.timing import machine
 
     info = machine()
