@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv run test lint params venv-lean realtime-size clean-outputs
+.PHONY: help venv run test test-fast lint params lock venv-lean realtime-size
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -24,8 +24,11 @@ run: venv  ## the whole pipeline (prepare, train, quantize, benchmark, evaluate)
 	dvc repro
 	@echo "done: metrics in metrics/*.json (dvc metrics show), plots in plots/ (dvc plots show), runs: mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
-test: venv  ## the test suite (unit + integration with real dvc and mlflow processes)
+test: venv  ## the whole suite: in-process tests + integration (real dvc repro, mlflow server, PostgreSQL)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv  ## the in-process tests only (no dvc/mlflow/database processes): the edit-test loop
+	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
 lint: venv  ## ruff
 	$(BIN)/ruff check .
@@ -35,7 +38,7 @@ params: venv  ## regenerate params.yaml from conf/ (the default composition)
 
 lock:  ## re-resolve the lock files from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra train --extra dev --python-version 3.11 -q -o requirements.lock
-	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 -q -o requirements-realtime.lock
+	$(BIN)/uv pip compile pyproject.toml --extra headless --python-version 3.11 -q -o requirements-realtime.lock
 
 venv-lean: .venv-lean/.installed  ## the realtime runner alone: no TensorFlow
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/realtime.py [--model URI_OR_TFLITE] [--frames 300]
 
-Ours is `pipeline.realtime.run` at its default config (BlazeFace + the registered classifier on every frame,
+Ours is `pipeline.inference.realtime.run` at its default config (BlazeFace + the registered classifier on every frame,
 smoothing on, no display), timed per step inside its own loop; end to end per frame = decode + detect +
 classify + JSON line (CONVENTIONS.md). The peer is `FER().detect_emotions` (Haar + mini-Xception, its bundled
 TFLite) on the same video, decoded and logged the same way. `fer` is not a dependency of the project: this
@@ -102,7 +102,7 @@ def ensure_peer_venv() -> Path:
 
 # ---------------------------------------------------------------- ours, in this process
 def run_ours(video: Path, model: str | None, work: Path) -> dict:
-    from pipeline.realtime import load_config, run
+    from pipeline.inference.realtime import load_config, run
 
     overrides = [f"source={video}", "display=false", f"output.json={work / 'ours.jsonl'}"]
     overrides += [f"model={model}"] if model else []
@@ -179,12 +179,10 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "benchmarks"))
     os.chdir(REPO)  # the runner's default registry is ./mlflow.db, as for the pipeline
-    from make_test_video import make_video
-
     from pipeline.files import write_json, write_text
     from pipeline.timing import machine
+    from tests.fixtures.videos import make_video
 
     peer_python = ensure_peer_venv()
     work = Path(tempfile.mkdtemp(prefix="fer-realtime-bench-"))

@@ -3,7 +3,7 @@ pipeline alone (so a reader sees whether augmentation starves the model).
 
     .venv/bin/python benchmarks/train_speed.py [--steps 30] [--models fer_vgg seed_cnn ...]
 
-Each measurement runs the real training code path (`pipeline.train.make_dataset` with the `fer2013` preset's
+Each measurement runs the real training code path (`pipeline.training.make_dataset` with the `fer2013` preset's
 augmentation, `model.fit` with its optimizer and loss) on random 48x48 pixels, after one warm-up epoch
 that pays for tracing; each configuration in its own process, because TF op determinism cannot be
 switched off again once on. Writes reports/train_speed.json and reports/train_speed.md (atomically).
@@ -31,9 +31,10 @@ def measure(model: str, deterministic: bool, steps: int) -> dict[str, float]:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.config import CLASSES, compose, parse_params
+    from pipeline.config import compose, parse_params
+    from pipeline.inference.contract import CLASSES
     from pipeline.models import build_model, count_macs
-    from pipeline.train import compile_for_training, make_dataset
+    from pipeline.training import compile_for_training, make_dataset
 
     params = parse_params(compose([*PRESET, f"model={model}", f"train.deterministic={str(deterministic).lower()}"]))
     cfg = params.train

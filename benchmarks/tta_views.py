@@ -1,5 +1,5 @@
 """Which test-time views pay, judged on the validation split only: accuracy of a trained model's core for
-each set of views, so that `model.tta_flip` / `model.tta_zoom` are chosen by measurement, not by test.
+each set of views, so that `quantize.views.flip` / `quantize.views.zoom` are chosen by measurement, not by test.
 
     .venv/bin/python benchmarks/tta_views.py [--repo DIR] [--label NAME] [--out reports/tta_views.md]
 
@@ -56,7 +56,8 @@ def main() -> None:
     import keras
 
     from pipeline import models  # noqa: F401  (registers the TTA layers, so a TTA-wrapped model loads)
-    from pipeline.files import load_split, write_text
+    from pipeline.files import write_text
+    from pipeline.prepared import load_split
 
     model_path, val_path = args.repo / "models" / "model.keras", args.repo / "data" / "prepared" / "val.npz"
     for path in (model_path, val_path):

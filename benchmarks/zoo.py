@@ -56,8 +56,9 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
         rows.append({
             "run": run.info.run_id[:8], "name": run.info.run_name, "preset": preset_of(p, presets, defaults),
             "model": p.get("model.name"),
-            "filters": p.get("model.filters", ""), "tta": p.get("model.tta_flip") == "true",
-            "zoom": int(p.get("model.tta_zoom", 0)),
+            "filters": p.get("model.filters", ""),
+            "tta": p.get("quantize.views.flip", p.get("model.tta_flip")) == "true",
+            "zoom": int(p.get("quantize.views.zoom", p.get("model.tta_zoom", 0))),  # older runs: model.tta_*
             "epochs": int(m.get("train_epochs", 0)), "mmacs": m.get("macs_per_face", 0) / 1e6,
             "train_min": m.get("train_seconds", 0) / 60, "img_s": m.get("train_images_per_s", 0),
             "keras": m.get("test_accuracy_keras"), "float32": m.get("test_accuracy_float32"),
@@ -78,15 +79,25 @@ def preset_params() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     presets = {}
     for path in sorted((CONF_DIR / "experiment").glob("fer2013*.yaml")):
         flat = to_flat_dict(parse_params(compose([f"experiment={path.stem}"])))
-        presets[path.stem] = {k: v for k, v in flat.items() if k.startswith(("model.", "train."))}
+        presets[path.stem] = {k: v for k, v in flat.items() if k.startswith(SHAPING)}
     return presets, to_flat_dict(parse_params(compose()))
 
 
+SHAPING = ("model.", "train.", "quantize.views.")  # what makes a preset's model (data may live anywhere)
+RENAMED = {"model.tta_flip": "quantize.views.flip", "model.tta_zoom": "quantize.views.zoom"}  # runs before 12-01
+
+
+def modern(p: dict[str, str]) -> dict[str, str]:
+    """A run's logged params under today's names."""
+    return {RENAMED.get(k, k): v for k, v in p.items()}
+
+
 def preset_of(p: dict[str, str], presets: dict[str, dict[str, str]], defaults: dict[str, str]) -> str:
-    """The preset whose model and train params a run has, all of them; '' for a run of an older recipe.
+    """The preset whose model, train and view params a run has, all of them; '' for a run of an older recipe.
 
     A key the run did not log was added to the config later, with a default that keeps the old behaviour.
     """
+    p = modern(p)
     return next((name for name, want in presets.items()
                  if all(p.get(k, defaults.get(k)) == v for k, v in want.items())), "")
 

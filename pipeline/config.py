@@ -20,7 +20,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+from pipeline.inference.contract import Family
+
 PARAMS_FILE = Path("params.yaml")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -61,9 +62,9 @@ class DataConfig:
     seed: int = required()
 
     @property
-    def family(self) -> str:
+    def family(self) -> Family:
         """The dataset family in registered model names: a CSV and a folder of FER2013 are the same data."""
-        return "synthetic" if self.source == Source.synthetic else "fer2013"
+        return Family.synthetic if self.source == Source.synthetic else Family.fer2013
 
 
 @dataclass
@@ -77,6 +78,14 @@ class SyntheticDataConfig(DataConfig):
 @dataclass
 class FileDataConfig(DataConfig):
     max_skipped_fraction: float = bounded(ge=0.0, le=1.0)
+    min_side: int = bounded(ge=1)  # images smaller than this (either side) are skipped: not a face crop
+    max_side: int = bounded(ge=1)  # ... and larger than this, or
+    max_aspect: float = bounded(ge=1.0)  # ... more elongated than this (long side / short side)
+
+    def check(self) -> str | None:
+        if self.min_side > self.max_side:
+            return f"min_side = {self.min_side}: must be <= data.max_side ({self.max_side})"
+        return None
 
 
 DATA_SCHEMAS: dict[str, type[DataConfig]] = {
@@ -90,8 +99,6 @@ DATA_SCHEMAS: dict[str, type[DataConfig]] = {
 @dataclass
 class ModelConfig:
     name: str = required()
-    tta_flip: bool = required()
-    tta_zoom: int = bounded(ge=0, le=47)  # 0 = off; else the side in pixels of a central crop scored too
 
 
 @dataclass
@@ -113,7 +120,9 @@ class ConvNetConfig(ModelConfig):
     dropout: float = bounded(ge=0.0, lt=1.0)
 
     def check(self) -> str | None:
-        """Cross-field rule, reported like a bound: one entry of `convs` per stage."""
+        """Cross-field rules, reported like a bound: at least one stage, one entry of `convs` per stage."""
+        if not self.filters or not all(f >= 1 for f in self.filters):
+            return f"filters = {self.filters}: must list at least one stage, each with >= 1 channel"
         if len(self.convs) != len(self.filters) or not all(1 <= c <= 4 for c in self.convs):
             return f"convs = {self.convs}: must hold one count from 1 to 4 per stage ({len(self.filters)} stages)"
         return None
@@ -139,18 +148,23 @@ class Schedule(StrEnum):
 
 
 class Precision(StrEnum):
-    """Keras dtype policies. `mixed_bfloat16` speeds up CPUs with AVX512-BF16/AMX; `mixed_float16` GPUs."""
+    """Keras dtype policies. `mixed_bfloat16` speeds up CPUs with AVX512-BF16/AMX; `mixed_float16` GPUs;
+    `auto` picks mixed_bfloat16 where the CPU has those instructions, else float32."""
 
+    auto = "auto"
     float32 = "float32"
     mixed_bfloat16 = "mixed_bfloat16"
     mixed_float16 = "mixed_float16"
 
 
 class Distribute(StrEnum):
-    """`mirrored` replicates the model on every visible GPU (tf.distribute.MirroredStrategy)."""
+    """`mirrored`: one replica per visible GPU (or per logical CPU device) in this process
+    (tf.distribute.MirroredStrategy); `multi_worker`: one replica per process of a cluster that `TF_CONFIG`
+    describes (tf.distribute.MultiWorkerMirroredStrategy)."""
 
     none = "none"
     mirrored = "mirrored"
+    multi_worker = "multi_worker"
 
 
 class ClassWeight(StrEnum):
@@ -169,6 +183,28 @@ class AugmentConfig:
     contrast: float = bounded(ge=0.0, lt=1.0)
     mixup: float = bounded(ge=0.0, le=1.0)
     erasing: float = bounded(ge=0.0, le=1.0)
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation: the targets mix the labels with the scores of teachers this pipeline trained.
+
+    Teachers are registered versions, `models:/<name>/<version>` (immutable, unlike an alias), whose
+    averaged scores on each training face (softened by `temperature`) get `weight` in the targets.
+    """
+
+    teachers: list[str] = required()
+    weight: float = bounded(ge=0.0, le=1.0)
+    temperature: float = bounded(gt=0.0)
+
+    def check(self) -> str | None:
+        for i, uri in enumerate(self.teachers):
+            _name, slash, version = uri.removeprefix("models:/").partition("/")
+            if not uri.startswith("models:/") or not slash or not version.isdigit() or "@" in uri:
+                return f"teachers[{i}] = {uri}: must be models:/<name>/<version> (an alias can move)"
+        if self.teachers and not self.weight:
+            return "weight = 0.0: must be > 0 when teachers are given"
+        return None
 
 
 @dataclass
@@ -191,7 +227,15 @@ class TrainConfig:
     distribute: Distribute = required()
     max_train_samples: int = bounded(ge=0)
     time_budget_min: float = bounded(ge=0.0)
+    include_val: bool = required()  # fit on train + val (the recipe was chosen on val before): no selection
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig())
+
+    def check(self) -> str | None:
+        if self.include_val and (self.keep_best or self.early_stopping_patience):
+            return ("include_val = true: val is then training data, so train.keep_best and "
+                    "train.early_stopping_patience must be off (false / 0)")
+        return None
 
 
 # ---------------------------------------------------------------- quantize / benchmark / evaluate
@@ -208,11 +252,28 @@ class Metric(StrEnum):
 
 
 @dataclass
+class ViewsConfig:
+    """Test-time views the exported model averages: the face, a zoomed centre, and the mirror of each."""
+
+    flip: bool = required()
+    zoom: int = bounded(ge=0, le=47)  # 0 = off; else the side in pixels of a central crop scored too
+
+
+@dataclass
 class QuantizeConfig:
     variants: list[Variant] = required()
     register: Variant = required()
     representative_samples: int = bounded(ge=1)
     model_name: str = required()
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+
+    def check(self) -> str | None:
+        if not self.variants:
+            return "variants = []: must list at least one of " + ", ".join(Variant)
+        if self.register not in self.variants:
+            return (f"register = {self.register!s}: must be one of quantize.variants "
+                    f"({', '.join(map(str, self.variants))})")
+        return None
 
 
 class Detector(StrEnum):
@@ -235,12 +296,26 @@ class NewTestSplit(StrEnum):
     promote = "promote"
 
 
+class Floor(StrEnum):
+    """The score a version must beat to be promoted at all: the raw-pixel baseline, chance (1 / classes), none."""
+
+    baseline = "baseline"
+    chance = "chance"
+    none = "none"
+
+
 @dataclass
 class EvaluateConfig:
     promote_metric: Metric = required()
     new_test_split: NewTestSplit = required()
+    floor: Floor = required()
     sample_grid: int = bounded(ge=0, le=100)
     baseline_samples: int = bounded(ge=0)
+
+    def check(self) -> str | None:
+        if self.floor == Floor.baseline and not self.baseline_samples:
+            return "floor = baseline: needs evaluate.baseline_samples > 0 (or floor: chance / none)"
+        return None
 
 
 @dataclass
@@ -311,10 +386,17 @@ def validate_section(raw: Any, section: str, schema: type) -> Any:
         message = str(e.msg or e).splitlines()[0].replace("Structured config of type", "schema")
         raise ConfigError(f"{e.full_key or section}: {message}") from None
     _check_bounds(obj, f"{section}." if section else "")
-    problem = obj.check() if hasattr(obj, "check") else None
-    if problem:
-        raise ConfigError(f"{section}.{problem}" if section else problem)
+    _check_rules(obj, f"{section}." if section else "")
     return obj
+
+
+def _check_rules(obj: Any, prefix: str) -> None:
+    """Each (nested) schema's `check()`: rules across fields, reported like a bound, innermost first."""
+    for f in dataclasses.fields(obj):
+        if dataclasses.is_dataclass(value := getattr(obj, f.name)):
+            _check_rules(value, f"{prefix}{f.name}.")
+    if hasattr(obj, "check") and (problem := obj.check()):
+        raise ConfigError(f"{prefix}{problem}")
 
 
 SECTIONS: dict[str, type | tuple[str, dict[str, type]]] = {

@@ -2,8 +2,8 @@
 
 Sources: the built-in synthetic generator, FER2013 in the Kaggle folder layout (a folder or a .zip of
 `train/<class>/*.jpg` and `test/<class>/*.jpg`), and the original `fer2013.csv`. Each yields images with
-their FER2013 *usage* (Training, PublicTest, PrivateTest); `assign_splits` then applies the protocol from
-`../shared/CONVENTIONS.md`: `official` (PublicTest = val, PrivateTest = test) when all three usages are
+their FER2013 *usage* (Training, PublicTest, PrivateTest); `assign_splits` then applies the protocol of
+`docs/conventions.md`: `official` (PublicTest = val, PrivateTest = test) when all three usages are
 there, `holdout` (PublicTest = test, val = a seeded stratified share of Training) otherwise.
 
 Images of other sizes or with colour are converted; unreadable files are skipped and listed; structural
@@ -22,14 +22,13 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
-from pipeline.config import CLASSES, DataConfig, FileDataConfig, Protocol, Source, SyntheticDataConfig
+from pipeline.config import DataConfig, FileDataConfig, Protocol, Source, SyntheticDataConfig
+from pipeline.inference.contract import CLASSES, IMAGE_SIZE, IMAGE_SUFFIXES
 
-IMAGE_SIZE = 48
 USAGES = ("Training", "PublicTest", "PrivateTest")
 # fer2013.csv numbers its labels 0 Angry 1 Disgust 2 Fear 3 Happy 4 Sad 5 Surprise 6 Neutral.
 CSV_TO_CANONICAL = np.array([CLASSES.index(c) for c in
                              ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")], np.uint8)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 
 
 class DataError(ValueError):
@@ -66,7 +65,31 @@ def to_face(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def decode_image(data: bytes) -> tuple[np.ndarray | None, str]:
+@dataclass(frozen=True)
+class Limits:
+    """Image sizes a face crop can have; anything else is skipped with its reason, not silently resized."""
+
+    min_side: int = 1
+    max_side: int = 1 << 30
+    max_aspect: float = float("inf")
+
+    @classmethod
+    def of(cls, cfg: DataConfig) -> Limits:
+        if isinstance(cfg, FileDataConfig):
+            return cls(cfg.min_side, cfg.max_side, cfg.max_aspect)
+        return cls()
+
+    def problem(self, height: int, width: int) -> str:
+        if min(height, width) < self.min_side:
+            return f"too small ({width}x{height} < data.min_side {self.min_side})"
+        if max(height, width) > self.max_side:
+            return f"too large ({width}x{height} > data.max_side {self.max_side})"
+        if max(height, width) / min(height, width) > self.max_aspect:
+            return f"not face-shaped ({width}x{height}: aspect > data.max_aspect {self.max_aspect:g})"
+        return ""
+
+
+def decode_image(data: bytes, limits: Limits = Limits()) -> tuple[np.ndarray | None, str]:
     """Decode image bytes to a face, or return (None, reason) for a file that must be skipped."""
     if not data:
         return None, "empty file"
@@ -78,6 +101,8 @@ def decode_image(data: bytes) -> tuple[np.ndarray | None, str]:
         image = None
     if image is None or image.size == 0:
         return None, "not a readable image"
+    if reason := limits.problem(*image.shape[:2]):
+        return None, reason
     return to_face(image), ""
 
 
@@ -115,7 +140,7 @@ def _usage(split_dir: str, filename: str) -> str:
     return "Training" if split_dir == "train" else "PublicTest"
 
 
-def read_folder_layout(path: Path) -> Collected:
+def read_folder_layout(path: Path, limits: Limits = Limits()) -> Collected:
     files, dirs = _layout_files(path)
     out = Collected()
     seen_classes: dict[tuple[str, str], int] = {}
@@ -136,7 +161,7 @@ def read_folder_layout(path: Path) -> Collected:
         if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
             out.skipped.append({"file": name, "reason": "not an image file"})
             continue
-        face, reason = decode_image(data)
+        face, reason = decode_image(data, limits)
         if face is None:
             out.skipped.append({"file": name, "reason": reason})
             continue
@@ -149,36 +174,52 @@ def read_folder_layout(path: Path) -> Collected:
 
 # ---------------------------------------------------------------- fer2013.csv
 def read_csv(path: Path) -> Collected:
+    if zipfile.is_zipfile(path) or path.is_dir():
+        raise DataError(f"{path}: a {'folder' if path.is_dir() else '.zip'}, not fer2013.csv "
+                        "(for the Kaggle folder layout use data=fer2013)")
     out = Collected()
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"emotion", "pixels", "Usage"} - set(reader.fieldnames or [])
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise glue itself to the first column's name
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        try:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not a text CSV (not UTF-8); expected emotion,pixels,Usage") from None
+        missing = {"emotion", "pixels", "Usage"} - set(header or [])
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))} "
                             "(expected emotion,pixels,Usage)")
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}:{line}"
-            try:
-                label = int(row["emotion"])
-            except (TypeError, ValueError):
-                raise DataError(f"{where}: emotion {row['emotion']!r} is not an integer") from None
-            if not 0 <= label <= 6:
-                raise DataError(f"{where}: emotion {label} out of range 0-6")
-            try:
-                pixels = np.array((row["pixels"] or "").split(), dtype=np.float64)
-            except ValueError:
-                raise DataError(f"{where}: pixels contain a non-numeric value") from None
-            if pixels.size != IMAGE_SIZE * IMAGE_SIZE:
-                raise DataError(f"{where}: {pixels.size} pixel values, expected {IMAGE_SIZE * IMAGE_SIZE}")
-            if pixels.min() < 0 or pixels.max() > 255:
-                raise DataError(f"{where}: pixel values outside 0-255")
-            usage = (row["Usage"] or "").strip()
-            if usage not in USAGES:
-                raise DataError(f"{where}: Usage {usage!r} not one of {', '.join(USAGES)}")
-            out.add(pixels.reshape(IMAGE_SIZE, IMAGE_SIZE).astype(np.uint8), int(CSV_TO_CANONICAL[label]), usage)
+        try:
+            _read_rows(reader, path, out)
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text after line {reader.line_num}") from None
     if not out.images:
         raise DataError(f"{path}: no data rows")
     return out
+
+
+def _read_rows(reader: csv.DictReader, path: Path, out: Collected) -> None:
+    """Every data row into `out`; DataError naming the line of the first malformed one."""
+    for line, row in enumerate(reader, start=2):
+        where = f"{path}:{line}"
+        try:
+            label = int(row["emotion"])
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: emotion {row['emotion']!r} is not an integer") from None
+        if not 0 <= label <= 6:
+            raise DataError(f"{where}: emotion {label} out of range 0-6")
+        try:
+            pixels = np.array((row["pixels"] or "").split(), dtype=np.float64)
+        except ValueError:
+            raise DataError(f"{where}: pixels contain a non-numeric value") from None
+        if pixels.size != IMAGE_SIZE * IMAGE_SIZE:
+            raise DataError(f"{where}: {pixels.size} pixel values, expected {IMAGE_SIZE * IMAGE_SIZE}")
+        if pixels.min() < 0 or pixels.max() > 255:
+            raise DataError(f"{where}: pixel values outside 0-255")
+        usage = (row["Usage"] or "").strip()
+        if usage not in USAGES:
+            raise DataError(f"{where}: Usage {usage!r} not one of {', '.join(USAGES)}")
+        out.add(pixels.reshape(IMAGE_SIZE, IMAGE_SIZE).astype(np.uint8), int(CSV_TO_CANONICAL[label]), usage)
 
 
 # ---------------------------------------------------------------- splits
@@ -261,7 +302,7 @@ def read_source(cfg: DataConfig) -> tuple[Splits, Collected]:
     path = Path(cfg.path)
     if not path.exists():
         raise DataError(f"{path}: not found (data.path; see README 'Training on FER2013')")
-    collected = read_csv(path) if cfg.source == Source.fer2013_csv else read_folder_layout(path)
+    collected = read_csv(path) if cfg.source == Source.fer2013_csv else read_folder_layout(path, Limits.of(cfg))
     assert isinstance(cfg, FileDataConfig)
     total = len(collected.images) + len(collected.skipped)
     if collected.skipped and len(collected.skipped) > cfg.max_skipped_fraction * total:

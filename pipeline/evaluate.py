@@ -1,9 +1,13 @@
 """Stage `evaluate`: score the Keras model and every TFLite variant on the test split; promote.
 
-Reads `evaluate`. For each model: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix and
-agreement with Keras (how often the quantized variant picks the same class). A raw-pixel logistic
-regression on the same splits is the floor any CNN must clear. Then the registered version gets its test
-metrics as tags and takes the `champion` alias if it beats the current one on `evaluate.promote_metric`.
+Reads `evaluate` from params.yaml. `evaluate()` turns each model's test scores into accuracy, macro-F1,
+per-class precision/recall/F1, confusion matrix and agreement with Keras (how often a quantized variant
+picks the same class), beside a raw-pixel logistic regression on the same splits: the floor any CNN must
+clear (tested in-process). `main()` then tags the registered version with its test metrics and moves the
+`champion` alias to it if it beats the current one on `evaluate.promote_metric`.
+
+The Keras model is the trained network on one view of each face; the .tflite variants carry the
+test-time views of `quantize.views`, so "keras" against "float32" reads as one view against all of them.
 
 Outside DVC it scores any model on any labelled data and prints the same metrics JSON:
     python -m pipeline.evaluate model=models:/fer-expression-fer2013@champion data.path=faces.zip
@@ -19,12 +23,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
-from pipeline.config import CLASSES
-from pipeline.files import load_split
-from pipeline.prepare import OUT_DIR as PREPARED
-
-METRICS_PATH = Path("metrics/evaluate.json")
-PLOTS_DIR = Path("plots/evaluate")
+from pipeline import artifacts, cli
+from pipeline.inference.classifier import ModelError, TFLiteClassifier, default_threads, read_labels
+from pipeline.inference.contract import CLASSES, Tag
+from pipeline.prepared import load_split
 
 
 def score(y_true: np.ndarray, scores: np.ndarray, labels: list[str]) -> dict[str, Any]:
@@ -43,8 +45,9 @@ def score(y_true: np.ndarray, scores: np.ndarray, labels: list[str]) -> dict[str
 
 
 def logreg_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                    samples: int) -> float:
-    """Test accuracy of a raw-pixel logistic regression: the floor that shows the data needs a CNN.
+                    samples: int) -> dict[str, float]:
+    """Test accuracy and macro-F1 of a raw-pixel logistic regression: the floor that shows the data needs a CNN,
+    and below which no model is promoted (`evaluate.floor`).
 
     Standardised pixels and a strong L2 penalty converge in ~100 iterations; the cap keeps this stage
     quick, and a few more iterations move the score by well under a point.
@@ -61,13 +64,36 @@ def logreg_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(x_train[keep].reshape(len(keep), -1).astype(np.float32), y_train[keep])
-    return float(clf.score(x_test.reshape(len(x_test), -1).astype(np.float32), y_test))
+    y_pred = clf.predict(x_test.reshape(len(x_test), -1).astype(np.float32))
+    labels = list(range(len(CLASSES)))
+    return {"accuracy": float(accuracy_score(y_test, y_pred)),
+            "macro_f1": float(f1_score(y_test, y_pred, labels=labels, average="macro", zero_division=0))}
+
+
+def floor_value(floor: str, metric: str, baseline: dict[str, float] | None, classes: int) -> float | None:
+    """The score a version must beat to be promoted: the baseline's on the same metric, or chance."""
+    if floor == "baseline" and baseline is not None:
+        return baseline[metric]
+    return 1.0 / classes if floor in ("baseline", "chance") else None
+
+
+def evaluate(y_test: np.ndarray, all_scores: dict[str, np.ndarray], labels: list[str]) -> dict[str, dict]:
+    """Per model: `score()` plus its agreement with the Keras model's predictions."""
+    keras_pred = all_scores["keras"].argmax(axis=1)
+    models = {}
+    for name, scores in all_scores.items():
+        models[name] = score(y_test, scores, labels)
+        models[name]["agreement_with_keras"] = float((scores.argmax(axis=1) == keras_pred).mean())
+        print(f"[evaluate] {name:8s} accuracy {models[name]['accuracy']:.4f}  macro-F1 "
+              f"{models[name]['macro_f1']:.4f}  agreement with Keras {models[name]['agreement_with_keras']:.4f}")
+    return models
 
 
 def standalone(args: list[str]) -> None:
     """`model=<uri or .tflite> data.path=<folder|zip|csv>`: metrics JSON on stdout, nothing written."""
+    from pipeline.artifacts import default_tracking_uri
     from pipeline.data import DataError, read_labelled
-    from pipeline.runtime import ModelError, TFLiteClassifier, resolve_model
+    from pipeline.inference.registry import resolve
 
     options = dict(a.split("=", 1) for a in args if "=" in a)
     unknown = set(options) - {"model", "data.path", "threads"} or {a for a in args if "=" not in a}
@@ -75,11 +101,8 @@ def standalone(args: list[str]) -> None:
         raise SystemExit(f"error: unknown argument(s) {', '.join(sorted(unknown))} "
                          "(allowed: model=, data.path=, threads=)")
     try:
-        resolved = resolve_model(options.get("model", "models/tflite/int8.tflite"))
-        if "data.path" in options:
-            x, y = read_labelled(Path(options["data.path"]))
-        else:
-            x, y = load_split(PREPARED / "test.npz")
+        resolved = resolve(options.get("model", str(artifacts.tflite_path("int8"))), default_tracking_uri())
+        x, y = read_labelled(Path(options["data.path"])) if "data.path" in options else load_split("test")
         classifier = TFLiteClassifier(resolved.tflite, resolved.labels, int(options.get("threads", 1)))
     except (ModelError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
@@ -88,85 +111,92 @@ def standalone(args: list[str]) -> None:
     print(json.dumps(result, indent=2))
 
 
+def write_plots(y_test: np.ndarray, y_pred: np.ndarray, x_test: np.ndarray, best: dict, variant: str,
+                labels: list[str], sample_grid: int) -> None:
+    from pipeline import plots
+    from pipeline.files import write_text
+
+    plots.confusion_matrix(np.array(best["confusion"]), labels, artifacts.CONFUSION_PNG,
+                           f"{variant} on the test split: accuracy {best['accuracy']:.1%}")
+    write_text(artifacts.CONFUSION_CSV, "actual,predicted\n" + "".join(
+        f"{labels[t]},{labels[p]}\n" for t, p in zip(y_test, y_pred, strict=True)))
+    pick = np.random.default_rng(0).permutation(len(y_test))[:sample_grid]
+    if len(pick):
+        plots.sample_grid(x_test[pick], y_test[pick], y_pred[pick], labels, artifacts.SAMPLES_PNG,
+                          f"Test faces: true → predicted by {variant} (red = wrong)")
+
+
+def log(metrics: dict[str, Any], decision: dict[str, Any], registered: dict) -> None:
+    import mlflow
+
+    for name, m in metrics["models"].items():
+        mlflow.log_metrics({f"test_accuracy_{name}": m["accuracy"], f"test_macro_f1_{name}": m["macro_f1"],
+                            f"agreement_{name}": m["agreement_with_keras"]})
+    baseline = metrics["baseline_logreg_accuracy"]
+    mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
+                       | ({"baseline_logreg_accuracy": baseline} if baseline is not None else {}))
+    mlflow.set_tags({"promotion": decision["reason"], "registered_version": registered["version"]})
+    mlflow.log_dict(metrics, "evaluate/evaluate.json")
+    for png in (artifacts.CONFUSION_PNG, artifacts.SAMPLES_PNG):
+        if png.exists():
+            mlflow.log_artifact(str(png), "plots")
+
+
 def main() -> None:
     if len(sys.argv) > 1:
         standalone(sys.argv[1:])
         return
     import keras
-    import mlflow
 
-    from pipeline import plots, tracking
+    from pipeline import tracking
     from pipeline.config import load_params
-    from pipeline.files import write_json, write_text
-    from pipeline.quantize import REGISTERED_PATH, TFLITE_DIR
-    from pipeline.runtime import LABELS_FILE, TFLiteClassifier, default_threads, read_labels
-    from pipeline.train import MODEL_PATH
+    from pipeline.files import write_json
+    from pipeline.prepared import read_report
 
     params = load_params()
     cfg = params.evaluate
-    x_test, y_test = load_split(PREPARED / "test.npz")
-    report = json.loads((PREPARED / "report.json").read_text())
-    registered = json.loads(REGISTERED_PATH.read_text())
-    labels = read_labels(TFLITE_DIR / LABELS_FILE)
+    (x_test, y_test), report = load_split("test"), read_report()
+    registered = json.loads(artifacts.REGISTERED.read_text())
+    labels = read_labels(artifacts.TFLITE_LABELS)
     if labels != list(CLASSES):
-        raise SystemExit(f"error: {TFLITE_DIR / LABELS_FILE}: labels {labels} differ from the canonical {CLASSES}")
+        raise SystemExit(f"error: {artifacts.TFLITE_LABELS}: labels {labels} differ from the canonical {CLASSES}")
 
     with tracking.stage_run("evaluate", params, upstream="quantize"):
-        model = keras.models.load_model(MODEL_PATH)
+        model = keras.models.load_model(artifacts.KERAS_MODEL)
         all_scores = {"keras": model.predict(x_test[..., None].astype(np.float32), batch_size=256, verbose=0)}
-        for path in sorted(TFLITE_DIR.glob("*.tflite")):
+        for path in sorted(artifacts.TFLITE_DIR.glob("*.tflite")):
             all_scores[path.stem] = TFLiteClassifier(path, labels, num_threads=default_threads()).predict(x_test)
-        keras_pred = all_scores["keras"].argmax(axis=1)
-        models = {}
-        for name, scores in all_scores.items():
-            models[name] = score(y_test, scores, labels)
-            models[name]["agreement_with_keras"] = float((scores.argmax(axis=1) == keras_pred).mean())
-            print(f"[evaluate] {name:8s} accuracy {models[name]['accuracy']:.4f}  macro-F1 "
-                  f"{models[name]['macro_f1']:.4f}  agreement with Keras {models[name]['agreement_with_keras']:.4f}")
-
+        models = evaluate(y_test, all_scores, labels)
         variant = registered["variant"]
         best = models[variant]
         baseline = None
         if cfg.baseline_samples:
-            x_train, y_train = load_split(PREPARED / "train.npz")
+            x_train, y_train = load_split("train")
             baseline = logreg_baseline(x_train, y_train, x_test, y_test, cfg.baseline_samples)
-            print(f"[evaluate] raw-pixel logistic regression baseline: {baseline:.4f}")
+            print(f"[evaluate] raw-pixel logistic regression baseline: accuracy {baseline['accuracy']:.4f}, "
+                  f"macro-F1 {baseline['macro_f1']:.4f}")
+        metric = str(cfg.promote_metric)
+        floor = floor_value(str(cfg.floor), metric, baseline, len(labels))
 
         tracking.set_version_tags(registered["name"], registered["version"], {
-            "test_accuracy": best["accuracy"], "test_macro_f1": best["macro_f1"]})
-        decision = tracking.promote(registered["name"], registered["version"], str(cfg.promote_metric),
-                                    best[str(cfg.promote_metric)], report["digests"]["test"],
-                                    str(cfg.new_test_split))
+            Tag.test_accuracy: best["accuracy"], Tag.test_macro_f1: best["macro_f1"]})
+        decision = tracking.promote(registered["name"], registered["version"], metric, best[metric],
+                                    report.digests["test"], str(cfg.new_test_split), floor)
         print(f"[evaluate] promotion of {registered['name']} v{registered['version']}: "
               f"{'promoted to' if decision['promoted'] else 'not'} champion ({decision['reason']})")
-
-        y_pred = all_scores[variant].argmax(axis=1)
-        plots.confusion_matrix(np.array(best["confusion"]), labels, PLOTS_DIR / "confusion.png",
-                               f"{variant} on the test split: accuracy {best['accuracy']:.1%}")
-        write_text(PLOTS_DIR / "confusion.csv", "actual,predicted\n" + "".join(
-            f"{labels[t]},{labels[p]}\n" for t, p in zip(y_test, y_pred, strict=True)))
-        pick = np.random.default_rng(0).permutation(len(y_test))[: cfg.sample_grid]
-        if len(pick):
-            plots.sample_grid(x_test[pick], y_test[pick], y_pred[pick], labels, PLOTS_DIR / "samples.png",
-                              f"Test faces: true → predicted by {variant} (red = wrong)")
+        write_plots(y_test, all_scores[variant].argmax(axis=1), x_test, best, variant, labels, cfg.sample_grid)
         metrics = {
             "accuracy": best["accuracy"], "macro_f1": best["macro_f1"], "variant": variant,
-            "protocol": report["protocol"], "test_split": report["mapping"]["test"], "test_size": len(y_test),
-            "test_digest": report["digests"]["test"], "baseline_logreg_accuracy": baseline,
+            "protocol": report.protocol, "test_split": report.mapping["test"], "test_size": len(y_test),
+            "test_digest": report.digests["test"],
+            "baseline_logreg_accuracy": baseline["accuracy"] if baseline else None,
+            "baseline_logreg_macro_f1": baseline["macro_f1"] if baseline else None, "promotion_floor": floor,
             "registered": {k: registered[k] for k in ("name", "version", "run_id")},
             "promotion": decision, "models": models,
         }
-        write_json(METRICS_PATH, metrics)
-        for name, m in models.items():
-            mlflow.log_metrics({f"test_accuracy_{name}": m["accuracy"], f"test_macro_f1_{name}": m["macro_f1"],
-                                f"agreement_{name}": m["agreement_with_keras"]})
-        mlflow.log_metrics({"test_accuracy": best["accuracy"], "test_macro_f1": best["macro_f1"]}
-                           | ({"baseline_logreg_accuracy": baseline} if baseline is not None else {}))
-        mlflow.set_tags({"promotion": decision["reason"], "registered_version": registered["version"]})
-        mlflow.log_dict(metrics, "evaluate/evaluate.json")
-        for png in PLOTS_DIR.glob("*.png"):
-            mlflow.log_artifact(str(png), "plots")
+        write_json(artifacts.EVALUATE_METRICS, metrics)
+        log(metrics, decision, registered)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, __doc__, "evaluate")

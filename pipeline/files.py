@@ -49,31 +49,6 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def save_split(path: str | Path, x: np.ndarray, y: np.ndarray) -> None:
-    """One split as a compressed npz (`x` uint8 [N,48,48], `y` uint8 [N]); byte-identical for equal arrays."""
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
-        np.savez_compressed(fh, x=x.astype(np.uint8), y=y.astype(np.uint8))
-
-
-def load_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a split written by `save_split`, with a one-line error that names the file."""
-    try:
-        with np.load(path) as data:
-            return data["x"], data["y"]
-    except FileNotFoundError:
-        raise SystemExit(f"error: {path}: not found (run `dvc repro prepare` first)") from None
-    except (KeyError, ValueError, OSError) as e:
-        raise SystemExit(f"error: {path}: not a prepared split ({e})") from None
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sha256_arrays(*arrays: np.ndarray) -> str:
     """A digest of array contents (not of the file bytes), so it names the data whatever the container."""
     digest = hashlib.sha256()

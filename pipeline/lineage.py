@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import CONF_DIR, ConfigError, compose, override_value, parse_params, to_flat_dict
-from pipeline.runtime import redact
+from pipeline.inference.registry import redact
 
 GROUPS = ("data", "model")  # groups whose options change the key set, so `-S group=option` is needed
 KEY_METRICS = ("test_accuracy", "test_macro_f1", "train_val_accuracy", "baseline_logreg_accuracy",

@@ -2,7 +2,8 @@
 
 Every model takes raw 48x48x1 pixels in 0-255 (float32) and returns 7 softmax scores in canonical class
 order. Rescaling lives inside the graph, so the training loop, the TFLite converter, the benchmark and the
-realtime runner all feed the same raw pixels and can never disagree about normalisation.
+realtime runner all feed the same raw pixels and can never disagree about normalisation. Test-time views
+(`with_views`) wrap a trained network at export; they are not part of what trains.
 
 To add an architecture: a schema in `pipeline.config.MODEL_SCHEMAS`, a builder here decorated with
 `@architecture(name)`, and a `conf/model/<preset>.yaml`.
@@ -15,9 +16,10 @@ from collections.abc import Callable
 import keras
 from keras import layers, ops
 
-from pipeline.config import CLASSES, MODEL_SCHEMAS, ConvNetConfig, ModelConfig, SeedCNNConfig
+from pipeline.config import MODEL_SCHEMAS, ConvNetConfig, ModelConfig, SeedCNNConfig, ViewsConfig
+from pipeline.inference.contract import CLASSES, IMAGE_SIZE
 
-INPUT_SHAPE = (48, 48, 1)
+INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 # Keras' default 0.99 needs thousands of steps before the moving statistics match the weights; short
 # runs (the built-in data trains for a few hundred) then score near chance in inference mode.
 BN_MOMENTUM = 0.9
@@ -113,27 +115,25 @@ def convnet(cfg: ConvNetConfig) -> keras.Model:
 
 
 def build_model(cfg: ModelConfig) -> keras.Model:
-    """The configured architecture, as it trains (flip TTA, if configured, is added after training)."""
+    """The configured architecture, as it trains."""
     return ARCHITECTURES[cfg.name](cfg)
 
 
-def with_tta(core: keras.Model, flip: bool, zoom: int = 0) -> keras.Model:
-    """Average the scores of several views of the face: the exported model when TTA is configured.
+def with_views(core: keras.Model, views: ViewsConfig) -> keras.Model:
+    """The exported model: `core` averaged over the configured test-time views (just `core` when none).
 
     Views: the face, with `zoom` its central `zoom`-pixel crop scaled to 48x48, and with `flip` the mirror
     image of each. Applied after training, so it costs nothing to train (flip and zoom augmentation
-    already taught the model these views) and multiplies the MACs per face by the number of views.
+    already taught the network these views) and multiplies the MACs per face by the number of views.
     """
+    if not views.flip and not views.zoom:
+        return core
     inputs = keras.Input(INPUT_SHAPE, name="pixels")
-    views = [inputs] + ([CenterZoom(zoom, name="tta_zoom")(inputs)] if zoom else [])
-    if flip:
-        views += [HorizontalFlip(name=f"tta_flip_{i}")(view) for i, view in enumerate(views)]
-    scores = layers.Average(name="tta_mean")([core(view) for view in views])
+    faces = [inputs] + ([CenterZoom(views.zoom, name="tta_zoom")(inputs)] if views.zoom else [])
+    if views.flip:
+        faces += [HorizontalFlip(name=f"tta_flip_{i}")(face) for i, face in enumerate(faces)]
+    scores = layers.Average(name="tta_mean")([core(face) for face in faces])
     return keras.Model(inputs, scores, name=f"{core.name}_tta")
-
-
-def export_model(cfg: ModelConfig, core: keras.Model) -> keras.Model:
-    return with_tta(core, cfg.tta_flip, cfg.tta_zoom) if cfg.tta_flip or cfg.tta_zoom else core
 
 
 def count_macs(model: keras.Model) -> int:

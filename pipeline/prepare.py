@@ -1,70 +1,59 @@
 """Stage `prepare`: the configured source -> data/prepared/{train,val,test}.npz and report.json.
 
-Reads `data` from params.yaml. The report says which protocol mapped which FER2013 usage to which split,
-the counts per class and split, every skipped file with its reason, and a digest per split that later
-stages and the registry use to know which data a model saw.
+Reads `data` from params.yaml. `prepare()` reads the source and applies the split rule (tested in-process);
+the report says which protocol mapped which FER2013 usage to which split, the counts per class and split,
+every skipped file with its reason, and a digest per split that later stages and the registry use to know
+which data a model saw.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import numpy as np
 
-import mlflow
-
-from pipeline import tracking
-from pipeline.config import CLASSES, load_params
+from pipeline import artifacts, cli, tracking
+from pipeline.config import DataConfig, load_params
 from pipeline.data import DataError, read_source
-from pipeline.files import save_split, sha256_arrays, write_json
+from pipeline.files import sha256_arrays
+from pipeline.inference.contract import CLASSES
+from pipeline.prepared import PreparedReport, save_split, write_report
 
-OUT_DIR = Path("data/prepared")
-SPLITS = ("train", "val", "test")
+Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def prepare(cfg: DataConfig) -> tuple[Arrays, PreparedReport]:
+    """The three splits and their report; DataError (one line naming the file) for unusable input."""
+    splits, collected = read_source(cfg)
+    counts = {name: {c: int((y == i).sum()) for i, c in enumerate(CLASSES)} | {"total": len(y)}
+              for name, (_, y) in splits.arrays.items()}
+    report = PreparedReport(
+        source=str(cfg.source), path=cfg.path, protocol=splits.protocol, mapping=splits.mapping,
+        classes=list(CLASSES), counts=counts,
+        digests={name: sha256_arrays(x, y) for name, (x, y) in splits.arrays.items()},
+        skipped={"count": len(collected.skipped), "files": collected.skipped},
+        warnings=[f"empty class folder: {c}" for c in collected.empty_classes]
+        + [f"{name}: no '{c}' faces" for name, n in counts.items() for c in CLASSES if n[c] == 0],
+    )
+    return splits.arrays, report
 
 
 def main() -> None:
     params = load_params()
-    cfg = params.data
     try:
-        splits, collected = read_source(cfg)
+        arrays, report = prepare(params.data)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
-
-    counts = {name: {c: int((y == i).sum()) for i, c in enumerate(CLASSES)} | {"total": len(y)}
-              for name, (_, y) in splits.arrays.items()}
-    report = {
-        "source": str(cfg.source), "path": cfg.path, "protocol": splits.protocol, "mapping": splits.mapping,
-        "classes": list(CLASSES), "counts": counts,
-        "digests": {name: sha256_arrays(x, y) for name, (x, y) in splits.arrays.items()},
-        "skipped": {"count": len(collected.skipped), "files": collected.skipped},
-        "warnings": [f"empty class folder: {c}" for c in collected.empty_classes]
-                    + [f"{name}: no '{c}' faces" for name, n in counts.items() for c in CLASSES if n[c] == 0],
-    }
-    print(f"[prepare] {cfg.source} ({cfg.path}), protocol {splits.protocol}: "
-          + "; ".join(f"{s} <- {splits.mapping[s]} ({counts[s]['total']})" for s in SPLITS))
-    for warning in report["warnings"]:
+    print(f"[prepare] {report.source} ({report.path}), protocol {report.protocol}: "
+          + "; ".join(f"{s} <- {report.mapping[s]} ({report.total(s)})" for s in artifacts.SPLITS))
+    for warning in report.warnings:
         print(f"[prepare] warning: {warning}")
-    if collected.skipped:
-        print(f"[prepare] skipped {len(collected.skipped)} unreadable file(s), listed in {OUT_DIR}/report.json")
-
+    if report.skipped["count"]:
+        print(f"[prepare] skipped {report.skipped['count']} unreadable file(s), listed in {artifacts.PREPARED_REPORT}")
     with tracking.stage_run("prepare", params, upstream=None):
-        for name in SPLITS:
-            save_split(OUT_DIR / f"{name}.npz", *splits.arrays[name])
-        write_json(OUT_DIR / "report.json", report)
-        log_datasets(report)
-        mlflow.log_dict(report, "prepare/report.json")
-
-
-def log_datasets(report: dict) -> None:
-    """Record the splits with MLflow dataset tracking (digest, source, size), so runs say what data they saw."""
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.sources import LocalArtifactDatasetSource
-
-    for name in SPLITS:
-        dataset = MetaDataset(source=LocalArtifactDatasetSource(str(OUT_DIR / f"{name}.npz")),
-                              name=f"{report['source']}-{name}", digest=report["digests"][name][:36])
-        tracking.log_input(dataset, context=name, tags={"rows": str(report["counts"][name]["total"]),
-                                                        "protocol": report["protocol"], "path": report["path"]})
-    mlflow.log_metrics({f"data_{name}_size": report["counts"][name]["total"] for name in SPLITS})
+        for name in artifacts.SPLITS:
+            save_split(artifacts.split_path(name), *arrays[name])
+        write_report(report)
+        tracking.log_prepared(report)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, __doc__, "prepare")

@@ -1,17 +1,18 @@
-"""Stage `quantize`: models/model.keras -> models/tflite/<variant>.tflite + labels.json; register one.
+"""Stage `quantize`: models/model.keras -> models/tflite/<variant>.tflite + labels.json; register one variant.
 
-Reads `quantize` (and `data` for the registered name). Variants: float32, float16 (weights), dynamic
-(int8 weights, float activations) and int8 (full integer, uint8 input). Every variant takes raw 0-255
-pixels: the int8 model's input is pinned to scale 1 / zero point 0 by putting an all-black and an
-all-white face into the calibration set, so a raw uint8 frame crop passes straight in.
+Reads `quantize` from params.yaml. `export()` wraps the trained network in the configured test-time views and
+converts it to every variant (tested in-process); `main()` writes the files and registers the configured
+variant in the MLflow Model Registry as a pyfunc that runs LiteRT (`inference/serving.py`, logged as code,
+no pickle, no TensorFlow requirement).
 
-The configured variant is registered in the MLflow Model Registry as a pyfunc whose predict runs LiteRT
-(`pipeline/serving.py`, logged as code, no pickle, no TensorFlow requirement).
+Variants: float32, float16 (weights), dynamic (int8 weights, float activations) and int8 (full integer, uint8
+input). Every variant takes raw 0-255 pixels: the int8 model's input is pinned to scale 1 / zero point 0 by
+putting an all-black and an all-white face into the calibration set, so a raw uint8 frame crop passes
+straight in. The registered name comes from the data `prepare` actually read (its report), not from params.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import warnings
@@ -24,17 +25,17 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from pipeline import tracking
-from pipeline.config import CLASSES, Variant, load_params
-from pipeline.files import atomic_path, load_split, sha256_file, write_json
-from pipeline.prepare import OUT_DIR as PREPARED
-from pipeline.runtime import LABELS_FILE, MODEL_FILE, TFLiteClassifier
-from pipeline.train import MODEL_PATH
+from pipeline import artifacts, cli, tracking
+from pipeline.config import QuantizeConfig, Variant, ViewsConfig, load_params
+from pipeline.files import atomic_path, write_json
+from pipeline.inference import classifier
+from pipeline.inference.classifier import TFLiteClassifier
+from pipeline.inference.contract import CLASSES, LABELS_FILE, MODEL_FILE, Family, Tag, registered_name
+from pipeline.inference.registry import sha256_of
+from pipeline.models import count_macs, with_views
+from pipeline.prepared import PreparedReport, load_split, read_report
 
-TFLITE_DIR = Path("models/tflite")
-REGISTERED_PATH = Path("models/registered.json")
-SERVING_CODE = Path(__file__).with_name("serving.py")
-RUNTIME_CODE = Path(__file__).with_name("runtime.py")
+SERVING_CODE = Path(classifier.__file__).with_name("serving.py")  # logged as code: no pickle
 
 
 def representative(x: np.ndarray, n: int) -> Iterator[list[np.ndarray]]:
@@ -60,21 +61,48 @@ def convert(saved_model: Path, variant: Variant, calibration: np.ndarray, n: int
     return converter.convert()
 
 
-def register(path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -> str:
-    """Log `path` as a LiteRT pyfunc, register it as a new version of `name`, tag it; return the version."""
+def export(core: keras.Model, cfg: QuantizeConfig, calibration: np.ndarray) -> tuple[keras.Model, dict[str, bytes]]:
+    """The exported Keras model (core + views) and one .tflite flatbuffer per configured variant."""
+    model = with_views(core, cfg.views)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved_model = Path(tmp) / "saved_model"
+        model.export(str(saved_model), format="tf_saved_model", verbose=False)  # one export, many conversions
+        return model, {str(v): convert(saved_model, v, calibration, cfg.representative_samples) for v in cfg.variants}
+
+
+def family_of(report: PreparedReport) -> Family:
+    return Family.synthetic if report.source == Family.synthetic else Family.fer2013
+
+
+def sidecar(report: PreparedReport, views: ViewsConfig, macs: int) -> dict:
+    """labels.json: the class names in output order, plus what a runner may want to say about the model."""
+    return {"labels": list(CLASSES), "trained_on": str(family_of(report)),
+            "views": {"flip": views.flip, "zoom": views.zoom}, "macs_per_face": macs}
+
+
+def register(path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -> tuple[str, bool]:
+    """Register `path` as a version of `name` (a LiteRT pyfunc), tagged; (version, newly registered).
+
+    A version whose .tflite has the same sha256 is returned instead of registering a duplicate.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    client = mlflow.MlflowClient()
+    same = [v for v in client.search_model_versions(f"name = '{name}'")
+            if v.tags.get(Tag.tflite_sha256) == tags[Tag.tflite_sha256]]
+    if same:
+        return str(min(int(v.version) for v in same)), False
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 48, 48), "faces")]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(CLASSES)), "scores")]))
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # MLflow nags about type hints that would make it validate inputs by a schema we give explicitly.
         warnings.filterwarnings("ignore", message=".*[Tt]ype hint.*")
-        # Fixed artifact names, so the realtime runner can fetch exactly these two files.
+        # Fixed artifact names, so the runner can fetch exactly these two files.
         shutil.copy(path, Path(tmp) / MODEL_FILE)
         shutil.copy(path.with_name(LABELS_FILE), Path(tmp) / LABELS_FILE)
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(SERVING_CODE), code_paths=[str(RUNTIME_CODE)],
+            name="model", python_model=str(SERVING_CODE), code_paths=[classifier.__file__],
             artifacts={"tflite": str(Path(tmp) / MODEL_FILE), "labels": str(Path(tmp) / LABELS_FILE)},
             signature=signature, input_example=example,
             pip_requirements=[f"ai-edge-litert=={package_version('ai-edge-litert')}",
@@ -83,50 +111,47 @@ def register(path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -
         )
     version = str(info.registered_model_version)
     tracking.set_version_tags(name, version, tags)
-    return version
+    return version, True
 
 
 def main() -> None:
     params = load_params()
     cfg = params.quantize
-    if cfg.register not in cfg.variants:
-        raise SystemExit(f"error: params.yaml: quantize.register = {cfg.register!s}: must be one of "
-                         f"quantize.variants ({', '.join(map(str, cfg.variants))})")
-    model = keras.models.load_model(MODEL_PATH)
-    x_train, _ = load_split(PREPARED / "train.npz")
-    x_test, _ = load_split(PREPARED / "test.npz")
-    report = json.loads((PREPARED / "report.json").read_text())
+    core = keras.models.load_model(artifacts.KERAS_MODEL)
+    (x_train, _), (x_test, _) = load_split("train"), load_split("test")
+    report = read_report()
 
-    with tracking.stage_run("quantize", params, upstream="train") as run, tempfile.TemporaryDirectory() as tmp:
-        saved_model = Path(tmp) / "saved_model"
-        model.export(str(saved_model), format="tf_saved_model", verbose=False)  # one export, four conversions
-        write_json(TFLITE_DIR / LABELS_FILE, list(CLASSES))
-        mlflow.log_artifact(str(TFLITE_DIR / LABELS_FILE), "tflite")
-        for variant in cfg.variants:
-            path = TFLITE_DIR / f"{variant}.tflite"
+    with tracking.stage_run("quantize", params, upstream="train") as run:
+        model, flatbuffers = export(core, cfg, x_train)
+        macs = count_macs(model)
+        write_json(artifacts.TFLITE_LABELS, sidecar(report, cfg.views, macs))
+        mlflow.log_artifact(str(artifacts.TFLITE_LABELS), "tflite")
+        for variant, flatbuffer in flatbuffers.items():
+            path = artifacts.tflite_path(variant)
             with atomic_path(path) as out:
-                out.write_bytes(convert(saved_model, variant, x_train, cfg.representative_samples))
+                out.write_bytes(flatbuffer)
             TFLiteClassifier(path, list(CLASSES))  # fails here, not in production, if the export is unusable
             size_kb = path.stat().st_size / 1024
             print(f"[quantize] {variant:8s} {size_kb:8.1f} KiB -> {path}")
             mlflow.log_metric(f"size_kb_{variant}", size_kb)
             mlflow.log_artifact(str(path), "tflite")
 
-        name = tracking.registered_name(params)
-        registered = TFLITE_DIR / f"{cfg.register}.tflite"
-        sha = sha256_file(registered)
-        version = register(registered, name, x_test[:2], {
-            "run_id": run.run_id, "variant": str(cfg.register), "tflite_sha256": sha,
-            "data_source": report["source"], "data_path": report["path"], "protocol": report["protocol"],
-            "train_digest": report["digests"]["train"], "test_digest": report["digests"]["test"],
-            "git_commit": tracking.git_state()["commit"], "git_dirty": tracking.git_state()["dirty"],
-            "dvc_data_md5": tracking.data_dependency_md5(params.data.path) or "",
+        name = registered_name(cfg.model_name, family_of(report))
+        registered = artifacts.tflite_path(cfg.register)
+        sha, git = sha256_of(registered), tracking.git_state()
+        version, new = register(registered, name, x_test[:2], {
+            Tag.run_id: run.run_id, Tag.variant: str(cfg.register), Tag.tflite_sha256: sha,
+            Tag.data_source: report.source, Tag.data_path: report.path, Tag.protocol: report.protocol,
+            Tag.train_digest: report.digests["train"], Tag.test_digest: report.digests["test"],
+            Tag.git_commit: git["commit"], Tag.git_dirty: git["dirty"],
+            Tag.dvc_data_md5: tracking.data_dependency_md5(report.path) or "",
         })
-        record = {"name": name, "version": version, "run_id": run.run_id, "variant": str(cfg.register),
-                  "tflite": str(registered), "tflite_sha256": sha}
-        write_json(REGISTERED_PATH, record)
-        print(f"[quantize] registered {name} version {version} ({cfg.register})")
+        write_json(artifacts.REGISTERED, {"name": name, "version": version, "run_id": run.run_id,
+                                          "variant": str(cfg.register), "tflite": str(registered),
+                                          "tflite_sha256": sha})
+        print(f"[quantize] {'registered' if new else 'already registered, byte-identical:'} {name} "
+              f"version {version} ({cfg.register})")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, __doc__, "quantize")

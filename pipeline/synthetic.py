@@ -23,9 +23,9 @@ Fear/surprise and angry/disgust share cues on purpose, so, as in FER2013, those 
 import cv2
 import numpy as np
 
-CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+from pipeline.inference.contract import CLASSES, IMAGE_SIZE
 
-SIZE = 48
+SIZE = IMAGE_SIZE
 _SS = 2  # drawn at 2x, then downsampled with INTER_AREA, for anti-aliased features
 _C = SIZE * _SS  # canvas side; every length below is in canvas pixels
 _SHIFT = 4  # fixed-point bits for cv2 drawing: sub-pixel feature positions

@@ -38,8 +38,8 @@ def summarize_ms(samples: list[float] | np.ndarray) -> dict[str, float]:
     return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean())}
 
 
-def machine() -> dict[str, object]:
-    """CPU model, core count and the vector extensions that decide int8 vs float32 speed."""
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU's model name and its instruction-set flags (from /proc/cpuinfo; empty where there is none)."""
     model, flags = platform.processor() or "unknown", set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -49,11 +49,18 @@ def machine() -> dict[str, object]:
                 model = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
+    return model, flags
+
+
+def machine() -> dict[str, object]:
+    """CPU model, core count and the vector extensions that decide which kernels (and speeds) a host gets."""
+    model, flags = cpu_info()
     return {
         "cpu": model, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.machine()}",
         "python": platform.python_version(),
         "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
         "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
+        "bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
     }
 
 

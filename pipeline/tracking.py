@@ -13,6 +13,7 @@ params. A stage that DVC skips or restores from cache never starts, so it logs n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,7 +22,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +29,17 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
+from pipeline import artifacts
+from pipeline.artifacts import repo_root
 from pipeline.config import MlflowConfig, Params, to_flat_dict
 from pipeline.files import write_json
-from pipeline.runtime import redact
-
-RUNS_DIR = Path("runs")
-CHAMPION = "champion"
-
-
-def repo_root() -> Path:
-    """The real repository, also from inside a queued experiment's temporary copy."""
-    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+from pipeline.inference.registry import redact, sqlite_store_problem
+from pipeline.prepared import PreparedReport
 
 
 def tracking_uri(cfg: MlflowConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    """`MLFLOW_TRACKING_URI`, else `mlflow.tracking_uri`, else the embedded store under the repo root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri or artifacts.default_tracking_uri()
 
 
 def connect(cfg: MlflowConfig) -> str:
@@ -59,9 +55,10 @@ def connect(cfg: MlflowConfig) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # it prints credentials; we print a redacted link
     uri = tracking_uri(cfg)
+    check_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
     try:
+        client = mlflow.MlflowClient()
         experiment = client.get_experiment_by_name(cfg.experiment_name)
         if experiment is not None:
             return experiment.experiment_id
@@ -72,24 +69,24 @@ def connect(cfg: MlflowConfig) -> str:
         except MlflowException:  # created meanwhile by a parallel experiment
             return client.get_experiment_by_name(cfg.experiment_name).experiment_id
     except Exception as e:
-        reason = redact(str(e).splitlines()[0])[:200]
+        reason = redact((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
+        if uri.startswith("sqlite:"):
+            raise SystemExit(f"error: {uri}: not a usable MLflow store ({reason}); it is never replaced: move it "
+                             "aside to start a new one, or restore it from a backup") from None
         raise SystemExit(f"error: MLflow tracking server {redact(uri)} unreachable or failing: {reason} "
                          "(set by mlflow.tracking_uri or MLFLOW_TRACKING_URI)") from None
 
 
+def check_sqlite_store(uri: str) -> None:
+    """An embedded store that exists but is empty or not SQLite: one line, never a silent new store."""
+    if problem := sqlite_store_problem(uri):
+        raise SystemExit(f"error: {problem}")
+
+
 def dvc_written_paths() -> list[str]:
     """Files DVC itself writes during a run: params.yaml (composition), dvc.lock, every declared output."""
-    import yaml
-
-    paths = ["params.yaml", "dvc.lock"]
-    try:
-        stages = yaml.safe_load(Path("dvc.yaml").read_text()).get("stages", {})
-    except (OSError, AttributeError, yaml.YAMLError):
-        return paths
-    for stage in stages.values():
-        for key in ("outs", "metrics", "plots"):
-            paths += [next(iter(e)) if isinstance(e, dict) else e for e in stage.get(key, [])]
-    return paths
+    return ["params.yaml", "dvc.lock"] + [str(path) for sections in artifacts.STAGE_FILES.values()
+                                          for paths in sections.values() for path in paths]
 
 
 def git_state() -> dict[str, str]:
@@ -152,7 +149,7 @@ def _continuable_run(upstream: str | None, stage: str, digest: str) -> tuple[str
     same execution if that one was interrupted, so the new run can link to it, else None)."""
     if upstream is None:
         return None, None
-    record = RUNS_DIR / f"{upstream}.json"
+    record = artifacts.run_record(upstream)
     try:
         run_id = json.loads(record.read_text())["run_id"]
         run = mlflow.MlflowClient().get_run(run_id)
@@ -166,7 +163,7 @@ def _continuable_run(upstream: str | None, stage: str, digest: str) -> tuple[str
     return (None if tags.get(f"pipeline.stage.{stage}") else run_id), None
 
 
-@dataclass
+@dataclasses.dataclass
 class StageRun:
     run_id: str
     continued: bool
@@ -226,7 +223,7 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
     finally:
         signal.signal(signal.SIGTERM, previous)
     mlflow.end_run()
-    write_json(RUNS_DIR / f"{stage}.json", {"run_id": run.info.run_id, "experiment_id": experiment_id,
+    write_json(artifacts.run_record(stage), {"run_id": run.info.run_id, "experiment_id": experiment_id,
                                              "tracking_uri": redact(tracking_uri(params.mlflow))})
 
 
@@ -248,55 +245,37 @@ def log_input(dataset: Any, context: str, tags: dict[str, str], attempts: int = 
             time.sleep(0.2 * (attempt + 1))
 
 
-def log_json_artifact(payload: Any, artifact_file: str) -> None:
-    mlflow.log_dict(payload, artifact_file)
+def log_step_metrics(metrics: dict[str, float], step: int) -> None:
+    """Per-epoch metrics (the training curves)."""
+    mlflow.log_metrics(metrics, step=step)
+
+
+def log_prepared(report: PreparedReport) -> None:
+    """Record the splits with MLflow dataset tracking (digest, source, size), so runs say what data they saw."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    for name in artifacts.SPLITS:
+        dataset = MetaDataset(source=LocalArtifactDatasetSource(str(artifacts.split_path(name))),
+                              name=f"{report.source}-{name}", digest=report.digests[name][:36])
+        log_input(dataset, context=name, tags={"rows": str(report.total(name)), "protocol": report.protocol,
+                                               "path": report.path})
+    mlflow.log_metrics({f"data_{name}_size": report.total(name) for name in artifacts.SPLITS})
+    mlflow.log_dict(dataclasses.asdict(report), "prepare/report.json")
 
 
 # ---------------------------------------------------------------- registry
-def registered_name(params: Params) -> str:
-    """`fer-expression-<family>`: a synthetic run can never take the alias of a real-data model."""
-    return f"{params.quantize.model_name}-{params.data.family}"
-
-
 def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
     client = mlflow.MlflowClient()
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
+        client.set_model_version_tag(name, version, str(key), str(value))
 
 
 def promote(name: str, version: str, metric: str, value: float, test_digest: str,
-            on_new_test_split: str = "keep") -> dict[str, Any]:
-    """Move `champion` to this version if it beats the current one on `metric` on the same test split.
+            on_new_test_split: str = "keep", floor: float | None = None) -> dict[str, Any]:
+    """`registry.promote` against this store, locked under the repo root (see there for the rule)."""
+    from pipeline.inference import registry
 
-    Ties keep the current champion. A champion scored on another test split is not comparable: it is
-    kept unless `on_new_test_split` is "promote" (new test data, new reference). A file lock under the
-    repo serialises read-compare-set across parallel experiments.
-    """
-    from filelock import FileLock
+    return registry.promote(mlflow.MlflowClient(), name, version, metric, value, test_digest,
+                            repo_root() / artifacts.PROMOTION_LOCK, on_new_test_split, floor)
 
-    client = mlflow.MlflowClient()
-    with FileLock(str(repo_root() / ".promotion.lock"), timeout=120):
-        try:
-            champion = client.get_model_version_by_alias(name, CHAMPION)
-        except MlflowException:
-            champion = None
-        decision: dict[str, Any] = {"model": name, "version": str(version), "metric": metric, "value": value}
-        if champion is None:
-            promote_it, reason = True, "no champion yet"
-        elif str(champion.version) == str(version):
-            promote_it, reason = False, "already champion"
-        elif champion.tags.get("test_digest") != test_digest:
-            promote_it = on_new_test_split == "promote"
-            reason = (f"champion v{champion.version} was evaluated on another test split; not comparable, "
-                      + ("replaced (evaluate.new_test_split=promote)" if promote_it
-                         else "kept (evaluate.new_test_split=keep)"))
-        else:
-            best = float(champion.tags.get(f"test_{metric}", "-inf"))
-            promote_it = value > best
-            reason = f"{metric} {value:.4f} {'>' if promote_it else '<='} champion v{champion.version} {best:.4f}"
-            decision["champion_value"] = best
-        if promote_it:
-            client.set_registered_model_alias(name, CHAMPION, str(version))
-        decision.update(promoted=promote_it, reason=reason,
-                        champion=str(version) if promote_it else (champion.version if champion else None))
-        return decision

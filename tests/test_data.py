@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.config import CLASSES, FileDataConfig, Protocol, Source
+from pipeline.config import FileDataConfig, Protocol, Source
 from pipeline.data import (
     CSV_TO_CANONICAL,
     DataError,
@@ -20,12 +20,13 @@ from pipeline.data import (
     read_labelled,
     read_source,
 )
+from pipeline.inference.contract import CLASSES
 
 
 def cfg(path: Path, source: Source = Source.fer2013, protocol: Protocol = Protocol.auto,
         max_skipped: float = 0.5) -> FileDataConfig:
     return FileDataConfig(source=source, path=str(path), protocol=protocol, val_fraction=0.2, seed=0,
-                          max_skipped_fraction=max_skipped)
+                          max_skipped_fraction=max_skipped, min_side=24, max_side=1024, max_aspect=2.0)
 
 
 def face(value: int, shape: tuple[int, ...] = (48, 48)) -> np.ndarray:
@@ -152,6 +153,21 @@ def write_csv(path: Path, rows: list[tuple[object, str, str]], header: str = "em
     return path
 
 
+def test_images_that_cannot_be_face_crops_are_skipped_with_their_reason(tmp_path: Path) -> None:
+    """A 1x1 JPEG, a 4000x4000 noise image and a 300x40 strip: reported in `skipped`, never a training face."""
+    root = make_layout(tmp_path / "fer", per_class=3)
+    cv2.imwrite(str(root / "train" / "angry" / "dot.jpg"), face(1, (1, 1)))
+    cv2.imwrite(str(root / "train" / "happy" / "huge.jpg"), face(2, (4000, 4000)))
+    cv2.imwrite(str(root / "train" / "sad" / "strip.png"), face(3, (40, 300)))
+    cv2.imwrite(str(root / "train" / "sad" / "fine.png"), face(4, (30, 50)))  # small but face-shaped: kept
+    splits, collected = read_source(cfg(root))
+    reasons = {Path(s["file"]).name: s["reason"] for s in collected.skipped}
+    assert reasons == {"dot.jpg": "too small (1x1 < data.min_side 24)",
+                       "huge.jpg": "too large (4000x4000 > data.max_side 1024)",
+                       "strip.png": "not face-shaped (300x40: aspect > data.max_aspect 2)"}
+    assert sum(len(y) for _, y in splits.arrays.values()) == 7 * 6 + 1
+
+
 def pixels(v: int) -> str:
     return " ".join(str((v + i) % 256) for i in range(48 * 48))
 
@@ -187,6 +203,33 @@ def test_csv_without_usage_column_is_an_error(tmp_path: Path) -> None:
     path.write_text(f"emotion,pixels\n3,{pixels(0)}\n")
     with pytest.raises(DataError, match=r"missing column\(s\) Usage"):
         read_csv(path)
+
+
+def test_csv_from_a_spreadsheet_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    path = tmp_path / "fer.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + f"emotion,pixels,Usage\n3,{pixels(0)},Training\n".encode())
+    assert read_csv(path).labels == [CLASSES.index("happy")]
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("zip", r"a \.zip, not fer2013\.csv \(for the Kaggle folder layout use data=fer2013\)"),
+    ("folder", r"a folder, not fer2013\.csv"),
+    ("binary", r"not a text CSV \(not UTF-8\)"),
+    ("latin1", r"not UTF-8 text after line"),
+])
+def test_the_csv_reader_on_something_else_is_one_line(tmp_path: Path, kind: str, message: str) -> None:
+    path = tmp_path / "data"
+    if kind == "zip":
+        path = zip_dir(make_layout(tmp_path / "fer", per_class=1), tmp_path / "fer.zip")
+    elif kind == "folder":
+        path = make_layout(tmp_path / "fer", per_class=1)
+    elif kind == "binary":
+        path.write_bytes(bytes(range(128, 256)) * 10)
+    else:
+        path.write_bytes(f"emotion,pixels,Usage\n3,{pixels(0)},Training\n".encode() + b"3,\xe9\xe9,Training\n")
+    with pytest.raises(DataError, match=message) as err:
+        read_csv(path)
+    assert "\n" not in str(err.value)
 
 
 def test_read_labelled_takes_any_source(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import mlflow
 import pytest
 
 from pipeline.config import CONF_DIR, compose, parse_params, to_flat_dict
-from pipeline.files import sha256_file
+from pipeline.inference.registry import sha256_of
 from pipeline.lineage import conf_at, rebuild_overrides, render
 
 from .conftest import Repro, project_env, run
@@ -33,7 +33,7 @@ def test_version_tags_match_the_run_and_the_data(repro: Repro, mlflow_server) ->
     assert version.tags["run_id"] == run_id == registered["run_id"]
     assert version.tags["train_digest"] == report["digests"]["train"]
     assert version.tags["test_digest"] == report["digests"]["test"]
-    assert version.tags["tflite_sha256"] == sha256_file(repro.path / "models/tflite/int8.tflite")
+    assert version.tags["tflite_sha256"] == sha256_of(repro.path / "models/tflite/int8.tflite")
     assert float(version.tags["test_accuracy"]) == evaluate["accuracy"]
     assert len(version.tags["git_commit"]) == 40 and version.tags["git_dirty"] == "false"
     assert version.tags["dvc_data_md5"]  # the generator module's hash from dvc.lock

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.config import MODEL_SCHEMAS, compose, parse_params
-from pipeline.models import ARCHITECTURES, build_model, count_macs, export_model
+from pipeline.config import MODEL_SCHEMAS, ViewsConfig, compose, parse_params
+from pipeline.models import ARCHITECTURES, build_model, count_macs, with_views
 
 
 def model_cfg(option: str, **changes: object):
@@ -41,9 +41,14 @@ def test_models_take_raw_pixels_and_return_probabilities() -> None:
     assert np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_no_views_export_the_network_itself() -> None:
+    core = build_model(model_cfg("small_cnn"))
+    assert with_views(core, ViewsConfig(flip=False, zoom=0)) is core
+
+
 def test_tta_flip_averages_the_mirrored_face() -> None:
-    cfg = model_cfg("small_cnn", tta_flip=True)
-    model = export_model(cfg, build_model(cfg))
+    cfg = model_cfg("small_cnn")
+    model = with_views(build_model(cfg), ViewsConfig(flip=True, zoom=0))
     x = np.random.default_rng(0).integers(0, 256, (1, 48, 48, 1)).astype(np.float32)
     a = model(x, training=False).numpy()
     b = model(x[:, :, ::-1], training=False).numpy()
@@ -53,9 +58,8 @@ def test_tta_flip_averages_the_mirrored_face() -> None:
 
 
 def test_tta_zoom_adds_the_zoomed_face_and_its_mirror() -> None:
-    cfg = model_cfg("small_cnn", tta_flip=True, tta_zoom=40)
-    core = build_model(cfg)
-    model = export_model(cfg, core)
+    core = build_model(model_cfg("small_cnn"))
+    model = with_views(core, ViewsConfig(flip=True, zoom=40))
     x = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 1)).astype(np.float32)
     zoomed = tf.image.resize(x[:, 4:44, 4:44], (48, 48)).numpy()
     views = [x, x[:, :, ::-1], zoomed, zoomed[:, :, ::-1]]

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.files import load_split
-from pipeline.runtime import TFLiteClassifier, resolve_model
+from pipeline.inference.classifier import TFLiteClassifier
+from pipeline.inference.registry import download_registered
+from pipeline.prepared import load_split
 
 from .conftest import Repro, run
 
@@ -73,10 +74,9 @@ def test_one_mlflow_run_holds_every_stage(repro: Repro, mlflow_server) -> None:
 
 
 def test_registered_champion_reproduces_the_reported_accuracy(repro: Repro, mlflow_server, tmp_path) -> None:
-    mlflow.set_tracking_uri(mlflow_server.uri)
     registered = json.loads((repro.path / "models/registered.json").read_text())
     uri = f"models:/{registered['name']}@champion"
-    model = resolve_model(uri, cache_dir=tmp_path)
+    model = download_registered(uri, mlflow_server.uri, cache_dir=tmp_path)
     assert model.version == registered["version"]
     x, y = load_split(repro.path / "data/prepared/test.npz")
     accuracy = float((TFLiteClassifier(model.tflite, model.labels).predict(x).argmax(1) == y).mean())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -132,36 +131,9 @@ def test_git_state_reports_commit_and_dirty(tmp_path: Path, monkeypatch: pytest.
     assert tracking.git_state()["dirty"] == "true"
 
 
-def _version(name: str, digest: str, accuracy: float | None = None) -> str:
-    client = mlflow.MlflowClient()
-    with contextlib.suppress(mlflow.exceptions.MlflowException):
-        client.create_registered_model(name)
-    tags = {"test_digest": digest} | ({"test_accuracy": str(accuracy)} if accuracy is not None else {})
-    return client.create_model_version(name, source="file:///nowhere", tags=tags).version
-
-
-def test_promotion_needs_a_strict_gain_on_the_same_test_split(params) -> None:
-    tracking.connect(params.mlflow)
-    name = "promo-test"
-    v1 = _version(name, "d1", 0.80)
-    assert tracking.promote(name, v1, "accuracy", 0.80, "d1")["reason"] == "no champion yet"
-    v2 = _version(name, "d1", 0.80)
-    tie = tracking.promote(name, v2, "accuracy", 0.80, "d1")
-    assert not tie["promoted"] and tie["champion"] == v1
-    v3 = _version(name, "d1", 0.85)
-    assert tracking.promote(name, v3, "accuracy", 0.85, "d1")["promoted"]
-    v4 = _version(name, "other-split", 0.99)
-    other = tracking.promote(name, v4, "accuracy", 0.99, "other-split")
-    assert not other["promoted"] and "another test split" in other["reason"]
-    assert mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version == v3
-    forced = tracking.promote(name, v4, "accuracy", 0.99, "other-split", on_new_test_split="promote")
-    assert forced["promoted"] and mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version == v4
-
-
-def test_registered_name_includes_the_data_family(params) -> None:
-    assert tracking.registered_name(params) == "fer-expression-synthetic"
-    fer = parse_params(compose(["data=fer2013_csv"]))
-    assert tracking.registered_name(fer) == "fer-expression-fer2013"
+def test_the_registered_name_follows_the_data_family() -> None:
+    assert parse_params(compose()).data.family == "synthetic"
+    assert parse_params(compose(["data=fer2013_csv"])).data.family == "fer2013"  # a CSV is the same data
 
 
 def _dataset(name: str):

@@ -1,42 +1,99 @@
-"""The GPU recipe (`experiment=fer2013_full`) runs on a CPU too: mixed float16, a MirroredStrategy over the
-one device there is, mixup and flip TTA, for a few steps on tiny synthetic data."""
+"""The train stage's core, in-process on tiny synthetic data: what it returns, resuming from a checkpoint
+after an interruption, the checkpoint key, and the GPU preset's recipe on a CPU."""
 
 from __future__ import annotations
 
-import json
+import os
+import signal
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from pipeline import models  # noqa: F401  (registers the TTA layer for loading)
 from pipeline.config import compose, parse_params
+from pipeline.prepared import PreparedReport
+from pipeline.synthetic import generate
+from pipeline.train import checkpoint_dir, train
 
-from .conftest import stage, stage_dir
-
-pytestmark = pytest.mark.integration
-
-FULL_ON_TINY = ["experiment=fer2013_full", "data=synthetic", "data.n_train=280", "data.n_test=70",
-                "train.epochs=1", "train.batch_size=32", "train.max_train_samples=96"]
+TINY = ["data.n_train=280", "data.n_test=70", "train.epochs=2", "train.batch_size=32"]
 
 
-def test_the_gpu_preset_asks_for_what_a_gpu_gives() -> None:
-    params = parse_params(compose(["experiment=fer2013_full"]))
-    assert (params.train.precision, params.train.distribute) == ("mixed_float16", "mirrored")
-    assert params.model.tta_flip and params.train.augment.mixup > 0
+@pytest.fixture(autouse=True)
+def float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")  # train() sets the process-wide policy
 
 
-def test_the_gpu_preset_trains_a_few_steps_on_cpu(tmp_path: Path) -> None:
-    work, env = stage_dir(tmp_path, FULL_ON_TINY)
-    for name in ("prepare", "train"):
-        result = stage(name, work, env, timeout=600)
-        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
-    metrics = json.loads((work / "metrics/train.json").read_text())
-    assert metrics["epochs"] == 1
-    model = keras.models.load_model(work / "models/model.keras")
-    # exported in float32 (the converter's input), with the flip-TTA wrapper, on raw pixels
-    core = model.get_layer("convnet")
-    assert model.name.endswith("_tta") and {layer.compute_dtype for layer in core.layers} == {"float32"}
-    scores = model.predict(np.full((2, 48, 48, 1), 128, np.float32), verbose=0)
+@pytest.fixture(scope="module")
+def splits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    return generate(280, seed=0), generate(70, seed=1)
+
+
+def params(*overrides: str):
+    return parse_params(compose([*TINY, *overrides]))
+
+
+def test_train_returns_the_model_its_history_and_val_metrics(splits, tmp_path: Path) -> None:
+    p = params()
+    logged: list[tuple[dict, int]] = []
+    result = train(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: logged.append((m, step)))
+    assert [r["epoch"] for r in result.history] == [1, 2] and [s for _, s in logged] == [1, 2]
+    assert {"loss", "accuracy", "val_accuracy", "lr", "images_per_s", "train_s"} <= set(logged[-1][0])
+    x_val, y_val = splits[1]
+    scores = result.model.predict(x_val[..., None].astype(np.float32), verbose=0)
+    assert result.metrics["val_accuracy"] == float((scores.argmax(1) == y_val).mean())
+    assert result.metrics["epochs"] == 2 and result.metrics["macs"] > 0 and result.metrics["seconds"] > 0
+    assert result.metrics["best_val_accuracy"] == max(r["val_accuracy"] for r in result.history)
+
+
+def test_an_interrupted_training_resumes_after_its_last_finished_epoch(splits, tmp_path: Path) -> None:
+    p = params("train.epochs=3")
+
+    def interrupt_after_first_epoch(metrics: dict, step: int) -> None:
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C; honoured at the next safe point
+
+    with pytest.raises(KeyboardInterrupt):
+        train(p.model, p.train, *splits, tmp_path / "ckpt", log=interrupt_after_first_epoch)
+    steps: list[int] = []
+    result = train(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: steps.append(step))
+    assert steps == [1, 2, 3]  # epoch 1 replayed from the history, then 2 and 3 trained
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert result.history[-1]["train_s"] > result.history[0]["train_s"]  # time before the stop counted
+
+
+def test_a_checkpoint_is_keyed_by_data_model_and_train_params_only(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    report = PreparedReport("synthetic", "x", "holdout", {}, [], {}, {"train": "a", "val": "b", "test": "c"})
+
+    def folder(*overrides: str, digests: dict | None = None) -> Path:
+        r = PreparedReport(**{**report.__dict__, "digests": digests or report.digests})
+        return checkpoint_dir(parse_params(compose(["experiment=fer2013", "data=synthetic", *overrides])), r)
+
+    base = folder()
+    assert folder("quantize.views.zoom=0", "quantize.views.flip=false", "evaluate.sample_grid=4") == base
+    assert folder("train.lr=0.001") != base and folder("model.dropout=0.2") != base
+    assert folder(digests={"train": "other", "val": "b", "test": "c"}) != base
+
+
+def test_a_stale_checkpoint_folder_is_removed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    stale = tmp_path / "models" / "checkpoints" / "0123456789abcdef"
+    stale.mkdir(parents=True)
+    report = PreparedReport("synthetic", "x", "holdout", {}, [], {}, {"train": "a"})
+    kept = checkpoint_dir(parse_params(compose()), report)
+    assert not stale.exists() and kept.parent.resolve() == stale.parent
+
+
+def test_the_gpu_preset_trains_a_few_steps_on_cpu(splits, tmp_path: Path) -> None:
+    """mixed float16, MirroredStrategy over the one device there is, mixup; exported in float32. The network is
+    narrowed (the recipe is under test, and float16 is emulated slowly on a CPU)."""
+    p = parse_params(compose(["experiment=fer2013_full", "data=synthetic", "train.epochs=1", "train.batch_size=32",
+                              "train.max_train_samples=64", "model.filters=[8,8,16,16]", "model.dense=16"]))
+    assert (p.train.precision, p.train.distribute) == ("mixed_float16", "mirrored") and p.train.augment.mixup > 0
+    result = train(p.model, p.train, *splits, tmp_path / "ckpt")
+    assert result.metrics["epochs"] == 1
+    assert {layer.compute_dtype for layer in result.model.layers} == {"float32"}
+    scores = result.model.predict(np.full((2, 48, 48, 1), 128, np.float32), verbose=0)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-3)

@@ -88,11 +88,14 @@ def test_a_run_is_named_by_the_preset_whose_model_and_train_params_it_has() -> N
     presets, defaults = zoo.preset_params()
     logged = to_flat_dict(parse_params(compose(["experiment=fer2013_fast", "data.path=elsewhere.zip"])))
     assert zoo.preset_of(logged, presets, defaults) == "fer2013_fast"  # data params don't matter
-    assert zoo.preset_of(logged | {"model.tta_zoom": "44"}, presets, defaults) == "fer2013"
+    assert zoo.preset_of(logged | {"quantize.views.zoom": "44"}, presets, defaults) == "fer2013"
     assert zoo.preset_of(logged | {"train.lr": "0.001"}, presets, defaults) == ""
-    # a run from before `model.tta_zoom` existed: the key counts at its default
-    older = {k: v for k, v in logged.items() if k != "model.tta_zoom"}
-    assert zoo.preset_of(older, presets, defaults) == "fer2013_fast"
+    # a run from before the views moved to the export step logged them as model.tta_*
+    older = {k: v for k, v in logged.items() if not k.startswith("quantize.views.")}
+    assert zoo.preset_of(older | {"model.tta_flip": "true", "model.tta_zoom": "44"}, presets, defaults) == "fer2013"
+    # and one from before a key existed at all: the key counts at its default
+    assert zoo.preset_of({k: v for k, v in logged.items() if k != "train.max_train_samples"}, presets,
+                         defaults) == "fer2013_fast"
 
 
 def test_the_recipe_cell_tells_the_seed_preset_from_ours() -> None:

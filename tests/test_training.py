@@ -1,16 +1,16 @@
-"""Recipe pieces the FER2013 presets rely on: the time budget's pacing and stop, random erasing."""
+"""pipeline/training.py: recipe pieces the FER2013 presets rely on (the time budget's pacing and stop, random
+erasing), run in-process on toy data."""
 
 from __future__ import annotations
 
 import itertools
-import json
 
 import keras
 import numpy as np
 import pytest
 
 from pipeline.config import compose, parse_params
-from pipeline.train import TimeBudget, augmenter, checkpoint_dir, lr_schedule, optimizer
+from pipeline.training import TimeBudget, augmenter, lr_schedule, optimizer
 
 
 def _train_config(**overrides):
@@ -71,18 +71,3 @@ def test_random_erasing_replaces_a_patch_in_the_configured_share_of_faces() -> N
     changed = (np.asarray(half(faces, training=True)) != 128).mean(axis=(1, 2, 3))
     assert 0.4 < (changed > 0).mean() < 0.6
     assert 0.01 < changed[changed > 0].mean() < 0.25  # a patch, not the face
-
-
-def test_a_checkpoint_is_keyed_by_what_shapes_the_weights_not_by_the_test_time_views(
-        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "data/prepared").mkdir(parents=True)
-    (tmp_path / "data/prepared/report.json").write_text(json.dumps({"digests": {"train": "abc"}}))
-
-    def folder(*overrides: str):
-        return checkpoint_dir(parse_params(compose(["experiment=fer2013", "data=synthetic", *overrides])))
-
-    views = {folder(), folder("model.tta_zoom=0"), folder("model.tta_flip=false", "model.tta_zoom=40")}
-    assert len(views) == 1  # views are added after training: a resume, not a new training
-    assert folder("train.lr=0.001") != folder()
-    assert folder("model.dropout=0.2") != folder()

@@ -2,7 +2,7 @@
 
 MLflow has no TFLite flavor. Logging this file as code (not a pickled object) lets `mlflow models
 predict` and `mlflow.pyfunc.load_model` serve the model with ai-edge-litert and NumPy only, no
-TensorFlow; `pipeline/runtime.py` travels in the model's `code/` folder for use outside this project.
+TensorFlow; `classifier.py` travels in the model's `code/` folder for use outside this project.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 from mlflow.pyfunc import PythonModel
 
 try:
-    from pipeline.runtime import TFLiteClassifier, read_labels
-except ImportError:  # loaded outside this project: the copy of runtime.py in the model's code/ folder
-    from runtime import TFLiteClassifier, read_labels  # type: ignore[no-redef]
+    from pipeline.inference.classifier import TFLiteClassifier, read_labels
+except ImportError:  # loaded outside this project: the copy of classifier.py in the model's code/ folder
+    from classifier import TFLiteClassifier, read_labels  # type: ignore[no-redef]
 
 
 class TFLiteExpressionModel(PythonModel):

@@ -1,12 +1,10 @@
-"""Face detection for the realtime runner: BlazeFace (default) or OpenCV's Haar cascade.
+"""Face detection for the runner: BlazeFace (default) or OpenCV's Haar cascade.
 
-BlazeFace is the default because it is both faster and finds more faces: on a 2-core AMD EPYC the
-short-range model takes about 1.3 ms per 640x480 frame on one thread against ~95 ms for the cascade,
-and on 100 placements of a test face (80-300 px) it found all 100 with no false boxes, where the
-cascade missed 3 and added 2. OpenCV 5 also dropped ``CascadeClassifier`` and its XML files, so Haar
-survives only as an option for ``opencv-python-headless<5``.
-
-This module deliberately avoids TensorFlow: the runner only needs the LiteRT interpreter.
+BlazeFace is the default because it is both faster and finds more faces: per 640x480 frame it takes a
+few milliseconds at most against tens for the cascade, and it finds faces the cascade misses (the
+benchmark stage and benchmarks/realtime.py measure both on the machine at hand). OpenCV 5 also dropped
+``CascadeClassifier`` and its XML files, so Haar survives only as an option for
+``opencv-python-headless<5``. LiteRT runs BlazeFace: no TensorFlow here.
 """
 
 from __future__ import annotations
@@ -15,8 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
+
+from pipeline.inference.contract import OPENCV_MISSING
+
+try:
+    import cv2
+except ImportError as e:  # neither OpenCV extra installed
+    raise ImportError(OPENCV_MISSING) from e
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "face_detection_short_range.tflite"
 DETECTORS = ("blazeface", "haar")

@@ -1,13 +1,13 @@
 """The realtime runner on real inputs: a video written with OpenCV, an image folder, an HTTP MJPEG stream that
 drops, and the errors a user meets first. The runner runs as a subprocess, as a user starts it; the classifier
-is a tiny untrained .tflite written here (benchmarks/tiny_model.py), so a fresh clone needs no pipeline run, no
+is a tiny untrained .tflite (tests/fixtures/tiny_model.py), so a fresh clone needs no pipeline run, no
 TensorFlow and no network.
 """
 
 from __future__ import annotations
 
+import csv
 import http.server
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,45 +16,23 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline.config import CLASSES, ConfigError
-from pipeline.realtime import Smoother, load_config
+from pipeline.config import ConfigError
+from pipeline.inference.contract import CLASSES
+from pipeline.inference.realtime import Smoother, load_config
+from tests.fixtures import videos as VIDEO
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _tool(name: str) -> ModuleType:
-    """A script from benchmarks/ (not a package): the same helpers CI and the benchmark use."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-VIDEO = _tool("make_test_video")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained classifier written as a TFLite flatbuffer: the runner's contract, not accuracy, is under test."""
-    return _tool("tiny_model").make_tiny_model(tmp_path_factory.mktemp("model") / "model.tflite")
-
-
-@pytest.fixture(scope="session")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[float, float, float]]]:
-    path = tmp_path_factory.mktemp("video") / "clip.avi"
-    return path, VIDEO.make_video(path, frames=60)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def realtime(*overrides: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DISPLAY"))}
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "pipeline.realtime", *overrides], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "pipeline.inference.realtime", *overrides], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -90,6 +68,7 @@ def test_video_run_finds_the_face_writes_json_lines_and_an_annotated_video(clip,
     assert frame_count(tmp_path / "out" / "annotated.avi") == 60
 
 
+@pytest.mark.integration
 def test_the_pipelines_int8_export_runs_in_the_runner(repro, clip, tmp_path) -> None:
     """The uint8-input int8 file that the real `dvc repro` (tests/conftest.py) exported, not a stand-in."""
     exported = repro.path / "models" / "tflite" / "int8.tflite"
@@ -181,7 +160,8 @@ def _corrupt(tmp_path: Path, model: Path) -> str:
 
 
 def _blazeface(tmp_path: Path, model: Path) -> str:
-    (tmp_path / "blaze.tflite").write_bytes((REPO / "pipeline/assets/face_detection_short_range.tflite").read_bytes())
+    blazeface = REPO / "pipeline/inference/assets/face_detection_short_range.tflite"
+    (tmp_path / "blaze.tflite").write_bytes(blazeface.read_bytes())
     (tmp_path / "labels.json").write_text(json.dumps(list(CLASSES)))
     return str(tmp_path / "blaze.tflite")
 
@@ -202,25 +182,8 @@ def test_errors_are_one_clear_line_and_a_nonzero_exit(clip, tiny_model, tmp_path
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("existing_db", [False, True])
-def test_no_model_registered_says_how_to_make_one(clip, tmp_path, existing_db) -> None:
-    """An empty registry: no file at all (no stray mlflow.db is created), or a real but empty MLflow store."""
-    db = tmp_path / "registry" / "mlflow.db"
-    db.parent.mkdir()
-    if existing_db:
-        db.touch()
-    result = realtime(f"source={clip[0]}", f"tracking_uri=sqlite:///{db}", "display=false", cwd=tmp_path)
-    assert result.returncode == 1, result.stderr
-    line = last_line(result.stderr)
-    assert line.startswith(f"error: no model registered at sqlite:///{db}")
-    assert "models:/fer-expression-fer2013@champion and models:/fer-expression-synthetic@champion" in line
-    assert "`make run`" in line and "`dvc exp run -S experiment=fer2013`" in line
-    assert "trying models:/fer-expression-synthetic@champion" in result.stderr  # the fallback was tried, and said so
-    assert db.exists() == existing_db and not (tmp_path / "mlflow.db").exists()
-
-
 def test_runner_never_imports_tensorflow(clip, tiny_model, tmp_path) -> None:
-    code = ("import sys\nfrom pipeline.realtime import main\n"
+    code = ("import sys\nfrom pipeline.inference.realtime import main\n"
             f"try:\n    main(['source={clip[0]}', 'model={tiny_model}', 'display=false', 'max_frames=5'])\n"
             "finally:\n    print('tensorflow loaded:', 'tensorflow' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
@@ -232,8 +195,7 @@ def test_runner_never_imports_tensorflow(clip, tiny_model, tmp_path) -> None:
 
 def test_config_defaults_and_detector_choice() -> None:
     cfg = load_config([])
-    assert cfg.model == "models:/fer-expression-fer2013@champion" and cfg.source == "0"
-    assert cfg.fallback_model == "models:/fer-expression-synthetic@champion" and cfg.detector.name == "blazeface"
+    assert cfg.model is None and cfg.source == "0" and cfg.detector.name == "blazeface"  # None: the resolution rule
     haar = load_config(["detector=haar", "source=clip.mp4", "display=false", "output.json=-"])
     assert haar.detector.name == "haar" and haar.detector.min_neighbors == 5
     assert (haar.source, haar.display, haar.output.json) == ("clip.mp4", False, "-")
@@ -243,7 +205,7 @@ def test_config_defaults_and_detector_choice() -> None:
     (["smoothing=1.5"], "smoothing = 1.5: must be >= 0.0 and < 1.0"),
     (["threads=0"], "threads = 0: must be >= 1"),
     (["min_face=big"], "min_face: Value 'big' of type 'str' could not be converted to Integer"),
-    (["colour=red"], "colour: unknown key (allowed: model, fallback_model,"),
+    (["colour=red"], "colour: unknown key (allowed: model, tracking_uri,"),
     (["+output.gif=a.gif"], "output.gif: unknown key"),
     (["detector.threads=0"], "detector.threads = 0: must be >= 1"),
     (["detector=mtcnn"], "Could not find 'detector/mtcnn' (options: blazeface, haar)"),
@@ -270,3 +232,45 @@ def test_smoother_follows_a_face_by_iou_and_starts_new_faces_fresh() -> None:
     elsewhere = smoother.update(box + 300, a.copy())  # no overlap: a new face, not smoothed
     assert elsewhere[0, 0] == 1.0 and elsewhere[0, 3] == 0.0
     assert Smoother(0.0).update(box, b.copy())[0, 3] == 1.0
+
+
+def test_a_folder_becomes_a_table_with_a_row_per_face_and_a_label_summary(tiny_model, tmp_path) -> None:
+    photo = cv2.imread(str(VIDEO.PHOTO))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, size in enumerate((100, 180)):
+        cv2.imwrite(str(folder / f"face{i}.jpg"), VIDEO.render(photo, 320, 240, size))
+    cv2.imwrite(str(folder / "empty.jpg"), np.full((240, 320, 3), 90, np.uint8))
+    (folder / "broken.png").write_bytes(b"\x89PNG truncated")
+    result = realtime(f"source={folder}", f"model={tiny_model}", "display=false", "output.csv=out/faces.csv",
+                      "output.parquet=out/faces.parquet", "progress=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "out" / "faces.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["file"] for r in rows] == ["face0.jpg", "face1.jpg"]  # one row per face; no face, no row
+    assert list(rows[0])[-7:] == list(CLASSES)
+    for row in rows:
+        probs = {c: float(row[c]) for c in CLASSES}
+        assert row["label"] == max(probs, key=probs.get) and float(row["score"]) == max(probs.values())
+        assert int(row["w"]) > 50 and row["face"] == "0"
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out" / "faces.parquet")
+    assert table.num_rows == 2 and table.column("w").type.id == 9 and table.column("file").to_pylist()[1] == "face1.jpg"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["faces.csv", "faces.parquet"]  # no partials
+    assert "labels: " in result.stdout and "frames without a face: 1" in result.stdout
+    assert "broken.png: not a readable image, skipped" in result.stderr and "1 skipped" in result.stdout
+    assert "frame/s]" in result.stderr or "frame]" in result.stderr  # the tqdm bar, forced on with progress=true
+
+
+def test_the_model_line_says_which_model_runs_and_why(clip, tiny_model, tmp_path) -> None:
+    result = realtime(f"source={clip[0]}", f"model={tiny_model}", "display=false", "max_frames=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"model: {tiny_model} (asked for with model=)" in result.stderr.splitlines()
+
+
+def test_help_lists_every_key_from_any_directory(tmp_path) -> None:
+    result = realtime("--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("usage:")
+    for key in ("model:", "source:", "output:", "csv:", "parquet:", "progress:", "smoothing:", "detector"):
+        assert key in result.stdout

@@ -16,12 +16,15 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from pipeline.runtime import redact
+from pipeline.inference.contract import IMAGE_SUFFIXES, OPENCV_MISSING
+from pipeline.inference.registry import redact
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+try:
+    import cv2
+except ImportError as e:  # neither OpenCV extra installed
+    raise ImportError(OPENCV_MISSING) from e
 
 
 class RunError(RuntimeError):
@@ -86,7 +89,11 @@ def open_source(spec: str, timeout_s: float) -> ImageSource | CaptureSource:
         if not capture.isOpened():
             raise RunError(f"stream {redact(spec)} did not open within {timeout_s:g} s")
         return CaptureSource(capture, live=True)
-    path = Path(spec)
+    return _open_path(Path(spec))
+
+
+def _open_path(path: Path) -> ImageSource | CaptureSource:
+    """A folder of images, one image, or a video file / device."""
     if path.is_dir():
         try:
             images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -158,4 +165,16 @@ class Sink(threading.Thread):
             self.join()
         if self.writer is not None:
             self.writer.release()
-            os.replace(self.partial, self.video)  # complete: only now does it take the real name
+            if _playable(self.partial):  # complete: only now does it take the real name
+                os.replace(self.partial, self.video)
+            else:  # e.g. the disk filled up before the container's index was written
+                Path(self.partial).unlink(missing_ok=True)
+                self.error = self.error or f"{self.video}: the annotated video could not be finished; removed"
+
+
+def _playable(path: str) -> bool:
+    capture = cv2.VideoCapture(path)
+    try:
+        return capture.isOpened() and capture.read()[0]
+    finally:
+        capture.release()

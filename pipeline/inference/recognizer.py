@@ -1,0 +1,134 @@
+"""The Python API: expressions of the faces in an image, with no TensorFlow.
+
+    from pipeline.inference import ExpressionRecognizer
+    rec = ExpressionRecognizer()                 # the model by the rule in registry.py; `rec.why` says which
+    for face in rec.predict("photo.jpg"):        # a path, or a NumPy image (BGR by default, RGB or gray)
+        print(face.label, round(face.score, 2), face.box)
+    scores = rec.predict_faces(crops)            # [N, 7] for 48x48 gray crops, in rec.labels order
+
+Each call is independent (no smoothing over frames; the realtime runner adds that for video).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.inference.classifier import TFLiteClassifier
+from pipeline.inference.contract import IMAGE_SIZE
+from pipeline.inference.detectors import Face, crop_face, make_detector
+from pipeline.inference.registry import ResolvedModel, resolve
+
+
+@dataclass(frozen=True)
+class FacePrediction:
+    """One face: its box in image pixels (x, y, width, height), the top label and its probability, and all
+    seven probabilities by label."""
+
+    box: tuple[int, int, int, int]
+    label: str
+    score: float
+    probs: dict[str, float]
+    face_score: float  # the detector's confidence
+
+
+def default_tracking_uri() -> str:
+    from pipeline.artifacts import default_tracking_uri as pipeline_default
+
+    return pipeline_default()
+
+
+def as_bgr(image: str | Path | np.ndarray, channels: str = "bgr") -> np.ndarray:
+    """An image path or array -> an HxWx3 uint8 BGR array (gray stays HxW); ValueError naming the problem.
+
+    `channels` says how a 3- or 4-channel array is ordered: "bgr" (OpenCV) or "rgb" (PIL, matplotlib).
+    Float arrays in 0-1 are scaled to 0-255.
+    """
+    if isinstance(image, str | Path):
+        decoded = cv2.imread(str(image), cv2.IMREAD_COLOR)
+        if decoded is None:
+            raise ValueError(f"{image}: not a readable image")
+        return decoded
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating) or array.size == 0 or array.min() < 0 or array.max() > 1:
+            raise ValueError(f"image of dtype {array.dtype}: expected uint8 (0-255) or floats in 0-1")
+        array = (array * 255).round().astype(np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        return array
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"image of shape {array.shape}: expected HxW, HxWx3 or HxWx4")
+    if channels not in ("bgr", "rgb"):
+        raise ValueError(f"channels={channels!r}: expected 'bgr' or 'rgb'")
+    if array.shape[2] == 4:
+        return cv2.cvtColor(array, cv2.COLOR_RGBA2BGR if channels == "rgb" else cv2.COLOR_BGRA2BGR)
+    return cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if channels == "rgb" else array
+
+
+class ExpressionRecognizer:
+    """A face detector plus the expression classifier, ready to call on images or crops."""
+
+    def __init__(self, model: str | None = None, *, detector: str = "blazeface", threads: int = 2,
+                 margin: float = 0.1, min_face: int = 32, tracking_uri: str | None = None,
+                 cache_dir: str | Path | None = None, detector_options: dict[str, Any] | None = None,
+                 resolved: ResolvedModel | None = None) -> None:
+        self.model = resolved or resolve(model, tracking_uri or default_tracking_uri(), cache_dir)
+        self.classifier = TFLiteClassifier(self.model.tflite, self.model.labels, num_threads=threads)
+        self.detector = make_detector(detector, **(detector_options or {}))
+        self.margin, self.min_face = margin, min_face
+
+    @property
+    def labels(self) -> list[str]:
+        return self.classifier.labels
+
+    @property
+    def why(self) -> str:
+        """One line: which model runs and why (the resolution rule)."""
+        return self.model.why
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        """Faces at least `min_face` pixels wide in a BGR or gray uint8 frame."""
+        return [f for f in self.detector.detect(frame) if f.w >= self.min_face]
+
+    def classify(self, frame: np.ndarray, faces: Sequence[Face], out: np.ndarray | None = None) -> np.ndarray:
+        """[len(faces), 7] probabilities for faces of this frame (written into `out` when given)."""
+        probs = out if out is not None else np.empty((len(faces), len(self.labels)), np.float32)
+        for i, face in enumerate(faces):
+            probs[i] = self.classifier.predict_one(crop_face(frame, face, margin=self.margin))
+        return probs
+
+    def predict(self, image: str | Path | np.ndarray, channels: str = "bgr") -> list[FacePrediction]:
+        """Every face in `image` (a path, or an array of any size: BGR, RGB with channels="rgb", or gray)."""
+        frame = as_bgr(image, channels)
+        faces = self.detect(frame)
+        return self.predictions(faces, self.classify(frame, faces))
+
+    def predictions(self, faces: Sequence[Face], probs: np.ndarray) -> list[FacePrediction]:
+        out = []
+        for face, p in zip(faces, probs, strict=True):
+            k = int(np.argmax(p))
+            out.append(FacePrediction((face.x, face.y, face.w, face.h), self.labels[k], float(p[k]),
+                                      {c: float(v) for c, v in zip(self.labels, p, strict=True)}, face.score))
+        return out
+
+    def predict_faces(self, crops: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """[N, 7] probabilities for N gray face crops of 48x48 (other sizes are resized, colour converted)."""
+        faces = [_to_crop(np.asarray(c)) for c in crops]
+        return self.classifier.predict(np.stack(faces)) if faces else np.zeros((0, len(self.labels)), np.float32)
+
+
+def _to_crop(crop: np.ndarray) -> np.ndarray:
+    if crop.ndim == 3:
+        crop = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY if crop.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    if crop.dtype != np.uint8:
+        raise ValueError(f"crop of dtype {crop.dtype}: expected uint8 gray pixels")
+    if crop.shape != (IMAGE_SIZE, IMAGE_SIZE):
+        crop = cv2.resize(crop, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+    return crop

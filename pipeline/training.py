@@ -1,0 +1,276 @@
+"""How a network trains here: the tf.data input pipeline, augmentation, optimizer and schedule, and the
+callbacks for a time budget, per-epoch logging and safe interruption.
+
+Shared by the `train` stage and the benchmarks that time or probe training, so that they measure the
+stage's own setup. Augmentation is Keras preprocessing layers applied to whole batches inside tf.data (so
+two CPU cores are not starved by per-image Python); the model never sees it, so the exported graph is only
+rescaling + network.
+"""
+
+from __future__ import annotations
+
+import csv
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.config import ClassWeight, ModelConfig, Optimizer, Schedule, TrainConfig
+from pipeline.files import atomic_path
+from pipeline.inference.contract import CLASSES
+from pipeline.models import build_model
+
+MetricsLogger = Callable[[dict[str, float], int], None]  # (metrics, step): e.g. mlflow.log_metrics
+BF16_FLAGS = {"amx_bf16", "avx512_bf16"}  # CPUs whose matrix units make mixed_bfloat16 pay
+
+
+def resolve_precision(precision: str, cpu_flags: set[str]) -> str:
+    """`auto` -> mixed_bfloat16 on a CPU with AMX-BF16 or AVX512-BF16, else float32; others as given."""
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if cpu_flags & BF16_FLAGS else "float32"
+
+
+def augmenter(cfg: TrainConfig) -> keras.Sequential:
+    """Batch-level random augmentation from config; every factor 0 leaves the layer out.
+
+    Always float32: the pixels are not part of the model, and a mixed-precision policy would otherwise
+    hand float16 batches to the input pipeline.
+    """
+    a, seed, f32 = cfg.augment, cfg.seed, {"dtype": "float32"}
+    steps: list[keras.Layer] = []
+    if a.flip:
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed, **f32))
+    if a.rotation:
+        steps.append(keras.layers.RandomRotation(a.rotation, fill_mode="reflect", seed=seed + 1, **f32))
+    if a.shift:
+        steps.append(keras.layers.RandomTranslation(a.shift, a.shift, fill_mode="reflect", seed=seed + 2, **f32))
+    if a.zoom:
+        steps.append(keras.layers.RandomZoom(a.zoom, a.zoom, fill_mode="reflect", seed=seed + 3, **f32))
+    if a.brightness:
+        steps.append(keras.layers.RandomBrightness(a.brightness, value_range=(0, 255), seed=seed + 4, **f32))
+    if a.contrast:
+        steps.append(keras.layers.RandomContrast(a.contrast, value_range=(0, 255), seed=seed + 5, **f32))
+    if a.erasing:  # last, so the noise patch is not blurred by the geometric layers
+        steps.append(keras.layers.RandomErasing((a.erasing, a.erasing), scale=(0.02, 0.25), value_range=(0, 255),
+                                                seed=seed + 6, **f32))
+    if not steps:  # Sequential refuses to build with no layers
+        steps.append(keras.layers.Identity(**f32))
+    return keras.Sequential(steps, name="augment")
+
+
+def mixup(x: tf.Tensor, y: tf.Tensor, alpha: float, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Blend each example with its mirror in the batch, weight ~ Beta(alpha, alpha)."""
+    n = tf.shape(x)[0]
+    g1 = tf.random.stateless_gamma([n, 1], seed=[seed, 1], alpha=alpha)
+    g2 = tf.random.stateless_gamma([n, 1], seed=[seed, 2], alpha=alpha)
+    lam = g1 / (g1 + g2)
+    x = lam[:, :, None, None] * x + (1 - lam[:, :, None, None]) * tf.reverse(x, [0])
+    return x, lam * y + (1 - lam) * tf.reverse(y, [0])
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, training: bool,
+                 targets: np.ndarray | None = None) -> tf.data.Dataset:
+    """Batches of (raw pixels, one-hot labels, or `targets` [N, 7] when given), augmented when training."""
+    ds = tf.data.Dataset.from_tensor_slices((x[..., None].astype(np.float32),
+                                             tf.one_hot(y, len(CLASSES)) if targets is None else targets)).cache()
+    if training:
+        ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(cfg.batch_size)
+    if training:
+        augment = augmenter(cfg)
+        ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=cfg.deterministic or None)
+        if cfg.augment.mixup:
+            ds = ds.enumerate().map(lambda i, ab: mixup(*ab, cfg.augment.mixup, cfg.seed + tf.cast(i, tf.int32)),
+                                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def distillation_targets(y: np.ndarray, teacher_scores: np.ndarray, weight: float, temperature: float) -> np.ndarray:
+    """`weight` x the teachers' scores softened by `temperature` (p^(1/T), renormalised) + the rest one-hot."""
+    soft = np.power(np.clip(teacher_scores.astype(np.float64), 1e-12, 1.0), 1.0 / temperature)
+    soft /= soft.sum(axis=1, keepdims=True)
+    return (weight * soft + (1.0 - weight) * np.eye(len(CLASSES))[y]).astype(np.float32)
+
+
+def class_weights(y: np.ndarray, mode: ClassWeight) -> dict[int, float] | None:
+    """Inverse-frequency weights (mean 1) so that a rare class such as `disgust` is not ignored."""
+    if mode == ClassWeight.none:
+        return None
+    counts = np.maximum(np.bincount(y, minlength=len(CLASSES)), 1)
+    w = len(y) / (len(CLASSES) * counts)
+    if mode == ClassWeight.sqrt:
+        w = np.sqrt(w)
+    w = w / w.mean()
+    return {i: float(v) for i, v in enumerate(w)}
+
+
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+    if cfg.schedule == Schedule.onecycle:
+        warmup = max(warmup, int(0.3 * total))
+    if cfg.schedule == Schedule.constant:
+        return cfg.lr
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(cfg.lr / 25, total - warmup, warmup_target=cfg.lr,
+                                                      warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(cfg.lr, total)
+
+
+def optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The configured optimizer; under a time budget its learning rate is a plain value that `TimeBudget` sets."""
+    lr = lr_schedule(cfg, steps_per_epoch)
+    if cfg.time_budget_min and not isinstance(lr, float):
+        lr = float(lr(0))
+    if cfg.optimizer == Optimizer.sgd:
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay or None)
+    if cfg.optimizer == Optimizer.adamw:
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    return keras.optimizers.Adam(lr)
+
+
+def compile_for_training(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """Optimizer, label-smoothed loss and accuracy as training uses them; the benchmarks that time or probe
+    training call this too, so they measure the stage's own setup."""
+    model.compile(optimizer=optimizer(cfg, steps_per_epoch),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), metrics=["accuracy"])
+
+
+def early_stopping(cfg: TrainConfig) -> keras.callbacks.EarlyStopping:
+    """Stop after `early_stopping_patience` epochs without a val gain (0: never) and, with `keep_best`, end
+    with the best validation epoch's weights: model selection on val, never on test."""
+    return keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience or cfg.epochs,
+                                         restore_best_weights=cfg.keep_best)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Train for at most `minutes`, with a complete learning-rate schedule whatever the machine's speed.
+
+    The schedule is driven by the larger of the steps done and the share of the budget used (times the
+    total steps), and training stops when the budget is spent. A slower machine therefore runs fewer
+    epochs that still warm up and decay to the end, instead of overrunning the budget or being cut off at
+    a high learning rate; a fast one runs the configured epochs. Time spent before a resume counts.
+    """
+
+    def __init__(self, schedule: float | keras.optimizers.schedules.LearningRateSchedule, total_steps: int,
+                 minutes: float, spent_s: float = 0.0, clock: Callable[[], float] = time.perf_counter) -> None:
+        super().__init__()
+        self.schedule, self.total_steps = schedule, total_steps
+        self.budget_s, self.spent_s, self.clock = minutes * 60, spent_s, clock
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._start = self.clock() - self.spent_s
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if isinstance(self.schedule, float):
+            return
+        by_time = (self.clock() - self._start) / self.budget_s * self.total_steps
+        step = min(max(float(self.model.optimizer.iterations), by_time), self.total_steps)
+        self.model.optimizer.learning_rate.assign(float(self.schedule(step)))
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.clock() - self._start >= self.budget_s:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.clock() - self._start >= self.budget_s:
+            print(f"[train] time budget of {self.budget_s / 60:g} min spent after "
+                  f"{int(self.model.optimizer.iterations)} of {self.total_steps} steps", flush=True)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One progress line per epoch, the same numbers to `log` (MLflow), and images/s for the speed report.
+
+    Adds `train_s`, the training seconds so far (across resumes), to the epoch's logs, so the CSV history
+    that a resumed run reads back knows how much of a time budget is spent.
+    """
+
+    def __init__(self, epochs: int, n_train: int, batch_size: int, spent_s: float = 0.0,
+                 log: MetricsLogger | None = None) -> None:
+        super().__init__()
+        self.epochs, self.n_train, self.batch_size, self.spent_s = epochs, n_train, batch_size, spent_s
+        self.log = log
+        self.images_per_s: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start, self._batches = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._batches += 1  # a time budget can end the last epoch early
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = time.perf_counter() - self._start
+        self.spent_s += seconds
+        if logs is not None:
+            logs["train_s"] = self.spent_s
+        logs = dict(logs or {})
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["images_per_s"] = min(self._batches * self.batch_size, self.n_train) / seconds
+        self.images_per_s.append(logs["images_per_s"])
+        if self.log is not None:
+            self.log({k: float(v) for k, v in logs.items()}, epoch + 1)
+        print(f"[train] epoch {epoch + 1}/{self.epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
+              f"val_loss {logs.get('val_loss', float('nan')):.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}"
+              f"  lr {logs['lr']:.2e}  {seconds:.1f}s  {logs['images_per_s']:.0f} img/s", flush=True)
+
+
+class SignalsAtSafePoints(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) and SIGTERM during `fit` interrupt it at the next batch or epoch end, not wherever
+    Python happens to be.
+
+    A KeyboardInterrupt raised at an arbitrary point can land inside a library callback while a
+    checkpoint is being written, where it is swallowed and training carries on; raised here, it always
+    stops the run, and an epoch's history row and backup are never left half-done by it.
+    """
+
+    def __enter__(self) -> SignalsAtSafePoints:
+        self.received: int | None = None
+        self._previous = {sig: signal.signal(sig, self._record) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+    def _stop_if_signalled(self, *args: object, **kwargs: object) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"signal {self.received}")
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _stop_if_signalled
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """Per-epoch rows of the CSV log; after a resume the last row per epoch wins."""
+    if not path.exists():
+        return []
+    rows: dict[int, dict[str, float]] = {}
+    with path.open() as fh:
+        for row in csv.DictReader(fh):
+            epoch = int(row.pop("epoch")) + 1
+            rows[epoch] = {"epoch": epoch, **{k: float(v) for k, v in row.items() if v not in ("", None)}}
+    return [rows[k] for k in sorted(rows)]
+
+
+def float32_copy(model: keras.Model, cfg: ModelConfig) -> keras.Model:
+    """The same weights in a float32 model (mixed-precision training keeps float32 master weights)."""
+    keras.mixed_precision.set_global_policy("float32")
+    clone = build_model(cfg)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def write_history(history: list[dict[str, float]], path: Path) -> None:
+    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[k for k in keys if k in history[0]], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)

@@ -1,0 +1,110 @@
+"""dvc.yaml against the code: every declared output is in pipeline/artifacts.py (and back), and every pipeline
+module a stage imports is one of its deps, so editing any code a stage runs makes DVC re-run that stage."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import artifacts
+
+REPO = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
+STAGES = DVC["stages"]
+# Imported by stages but shaping none of their outputs: where a run is logged (tracking), the entry-point
+# wrapper (--help, Ctrl-C) and the lazy names of the runner's package (its __init__ has no module-level
+# imports). What only they import is not followed either.
+NOT_SHAPING = {"pipeline/tracking.py", "pipeline/cli.py", "pipeline/inference/__init__.py"}
+# Code a stage reads as a file rather than imports: the pyfunc that quantize logs into each registered model.
+READ_AS_FILES = {"quantize": {"pipeline/inference/serving.py"}}
+
+
+def declared(stage: str, section: str) -> set[str]:
+    return {next(iter(e)) if isinstance(e, dict) else e for e in STAGES[stage].get(section, [])}
+
+
+def test_the_stages_are_the_catalogs() -> None:
+    assert set(STAGES) == set(artifacts.STAGE_FILES)
+
+
+@pytest.mark.parametrize("stage", sorted(artifacts.STAGE_FILES))
+@pytest.mark.parametrize("section", ["outs", "metrics", "plots"])
+def test_dvc_yaml_declares_exactly_the_catalogs_files(stage: str, section: str) -> None:
+    expected = {str(p) for p in artifacts.STAGE_FILES[stage].get(section, [])}
+    assert declared(stage, section) == expected
+
+
+def test_top_level_charts_draw_only_declared_outputs() -> None:
+    outs = set().union(*(declared(s, "outs") for s in STAGES))
+    for chart in DVC["plots"]:
+        (definition,) = chart.values()
+        assert set(definition["y"]) <= outs  # plot data are plain outputs, drawn once, here
+
+
+def _module_file(name: str) -> Path | None:
+    path = REPO / Path(*name.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def _imports(path: Path) -> set[str]:
+    """Project modules `path` imports anywhere (lazy imports in functions run too); for a package's
+    __init__.py only its module-level imports, which are what importing a submodule executes."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if path.name == "__init__.py" else ast.walk(tree)
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return {name for name in found if name.split(".")[0] == "pipeline"}
+
+
+def import_closure(module: str) -> set[str]:
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        parts = todo.pop().split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__, then c
+            path = _module_file(".".join(parts[:i]))
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            if str(path.relative_to(REPO)) not in NOT_SHAPING:
+                todo += _imports(path)
+    return {str(p.relative_to(REPO)) for p in seen}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_module_a_stage_imports_is_a_dependency(stage: str) -> None:
+    module = STAGES[stage]["cmd"].removeprefix("python -m ")
+    closure = import_closure(module)
+    assert str(Path(*module.split(".")).with_suffix(".py")) in closure
+    missing = closure - declared(stage, "deps") - NOT_SHAPING
+    assert not missing, f"{stage} imports {sorted(missing)} but dvc.yaml does not list them as deps"
+    stale = ({d for d in declared(stage, "deps") if d.startswith("pipeline/") and d.endswith(".py")} - closure
+             - READ_AS_FILES.get(stage, set()))
+    assert not stale, f"{stage} lists {sorted(stale)} as deps but does not import them"
+
+
+def test_no_stage_imports_another() -> None:
+    stage_modules = {STAGES[s]["cmd"].removeprefix("python -m ") for s in STAGES}
+    for module in stage_modules:
+        others = {m for m in stage_modules - {module}
+                  if str(Path(*m.split(".")).with_suffix(".py")) in import_closure(module)}
+        assert not others, f"{module} imports the stage module(s) {sorted(others)}"
+
+
+def test_each_stage_reads_only_the_params_it_declares() -> None:
+    """A stage's params list names top-level sections it reads from params.yaml (a changed section
+    re-runs it); the mlflow section only says where to log."""
+    for name, stage in STAGES.items():
+        source = (REPO / Path(*stage["cmd"].removeprefix("python -m ").split("."))).with_suffix(".py").read_text()
+        for section in ("data", "model", "train", "quantize", "benchmark", "evaluate"):
+            reads = f"params.{section}" in source
+            assert reads == (section in stage["params"]), f"{name}: params.{section} read={reads}"

@@ -1,0 +1,42 @@
+"""The benchmark stage's pieces, in-process and quick: the real-face frame is found, every model is timed at
+each thread count, and the end-to-end path classifies the face it found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.benchmark import benchmark_frame, time_frame, time_models
+from pipeline.config import compose, parse_params
+from pipeline.inference.classifier import TFLiteClassifier
+from pipeline.inference.contract import CLASSES
+from pipeline.inference.detectors import make_detector
+from pipeline.models import build_model
+from tests.fixtures.tiny_model import make_tiny_model
+
+CFG = parse_params(compose(["benchmark.runs=5", "benchmark.warmup=1", "benchmark.keras_runs=3"])).benchmark
+
+
+def test_the_benchmark_frame_holds_one_face_of_the_asked_size() -> None:
+    frame = benchmark_frame(face_px=150)
+    (face,) = make_detector("blazeface").detect(frame)
+    assert frame.shape == (480, 640, 3) and 120 < face.w < 180
+
+
+def test_every_model_is_timed_at_one_and_all_threads(tmp_path: Path) -> None:
+    tiny = make_tiny_model(tmp_path / "tiny.tflite")
+    latency = time_models(build_model(parse_params(compose()).model), [tiny], list(CLASSES), CFG, cores=2)
+    assert set(latency) == {"keras_call", "keras_predict", "tiny_t1", "tiny_t2"}
+    assert all(v["runs"] in (3, 5) and 0 < v["median_ms"] <= v["p90_ms"] for v in latency.values())
+
+
+def test_the_frame_path_detects_then_classifies(tmp_path: Path) -> None:
+    clf = TFLiteClassifier(make_tiny_model(tmp_path / "tiny.tflite"), list(CLASSES))
+    calls = []
+    real = clf.predict_one
+    clf.predict_one = lambda face: calls.append(face.shape) or real(face)  # count what gets classified
+    times = time_frame(make_detector("blazeface"), clf, CFG)
+    assert set(times) == {"frame_detect", "frame_end_to_end"}
+    assert times["frame_end_to_end"]["median_ms"] >= times["frame_detect"]["median_ms"] * 0.5
+    assert calls and set(calls) == {(48, 48)} and np.isfinite(times["frame_end_to_end"]["p90_ms"])

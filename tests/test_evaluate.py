@@ -1,0 +1,50 @@
+"""The evaluate stage's core, in-process: scores on hand-made predictions checked against their definition,
+agreement with Keras, and the raw-pixel floor."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.evaluate import evaluate, floor_value, logreg_baseline, score
+from pipeline.inference.contract import CLASSES
+
+
+def one_hot(labels: list[int]) -> np.ndarray:
+    return np.eye(7, dtype=np.float32)[labels]
+
+
+def test_score_matches_its_definition() -> None:
+    y = np.array([0, 0, 1, 1, 2, 3, 3, 3])
+    pred = [0, 1, 1, 1, 3, 3, 3, 0]
+    result = score(y, one_hot(pred), list(CLASSES))
+    assert result["accuracy"] == 5 / 8
+    assert result["per_class"]["angry"]["recall"] == 0.5 and result["per_class"]["disgust"]["precision"] == 2 / 3
+    assert result["per_class"]["fear"]["f1-score"] == 0.0 and result["per_class"]["neutral"]["support"] == 0
+    f1 = [result["per_class"][c]["f1-score"] for c in CLASSES]
+    assert np.isclose(result["macro_f1"], np.mean(f1))
+    assert np.array(result["confusion"]).sum() == 8 and result["confusion"][3][0] == 1
+
+
+def test_agreement_counts_matching_predictions_with_keras() -> None:
+    y = np.array([0, 1, 2, 3])
+    models = evaluate(y, {"keras": one_hot([0, 1, 2, 3]), "int8": one_hot([0, 1, 2, 4])}, list(CLASSES))
+    assert models["keras"]["agreement_with_keras"] == 1.0 and models["int8"]["agreement_with_keras"] == 0.75
+    assert models["int8"]["accuracy"] == 0.75
+
+
+def test_the_baseline_learns_what_pixels_show_and_not_what_they_hide() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 700).astype(np.uint8)
+    bright = (y[:, None, None] * 30 + rng.integers(0, 20, (700, 48, 48))).astype(np.uint8)  # label in the pixels
+    learnt = logreg_baseline(bright[:500], y[:500], bright[500:], y[500:], 500)
+    assert learnt["accuracy"] > 0.9 and learnt["macro_f1"] > 0.9
+    noise = rng.integers(0, 256, (700, 48, 48), dtype=np.uint8)  # label nowhere
+    assert logreg_baseline(noise[:500], y[:500], noise[500:], y[500:], 500)["accuracy"] < 0.3
+
+
+def test_the_floor_is_the_baseline_on_the_promotion_metric_or_chance() -> None:
+    baseline = {"accuracy": 0.466, "macro_f1": 0.41}
+    assert floor_value("baseline", "accuracy", baseline, 7) == 0.466
+    assert floor_value("baseline", "macro_f1", baseline, 7) == 0.41
+    assert floor_value("chance", "accuracy", baseline, 7) == 1 / 7
+    assert floor_value("none", "accuracy", baseline, 7) is None

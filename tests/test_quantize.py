@@ -1,0 +1,75 @@
+"""The quantize stage's core, in-process: every variant exported from an (untrained) network takes raw pixels
+and agrees with Keras; test-time views travel into the .tflite; registering a byte-identical model again
+returns the existing version (a real SQLite MLflow store)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline.config import compose, parse_params
+from pipeline.inference.classifier import TFLiteClassifier
+from pipeline.inference.contract import CLASSES, Tag
+from pipeline.inference.registry import sha256_of
+from pipeline.models import build_model
+from pipeline.quantize import export, register
+
+FACES = np.random.default_rng(0).integers(0, 256, (40, 48, 48), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def core() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return build_model(parse_params(compose()).model)
+
+
+def exported(core: keras.Model, tmp_path: Path, *overrides: str) -> tuple[keras.Model, dict[str, Path]]:
+    cfg = parse_params(compose(["quantize.representative_samples=20", *overrides])).quantize
+    model, flatbuffers = export(core, cfg, FACES)
+    paths = {}
+    for variant, data in flatbuffers.items():
+        paths[variant] = tmp_path / f"{variant}.tflite"
+        paths[variant].write_bytes(data)
+    return model, paths
+
+
+def test_every_variant_takes_raw_pixels_and_agrees_with_keras(core, tmp_path: Path) -> None:
+    model, paths = exported(core, tmp_path)
+    assert set(paths) == {"float32", "float16", "dynamic", "int8"} and model is core
+    reference = model.predict(FACES[..., None].astype(np.float32), verbose=0)
+    for variant, path in paths.items():
+        clf = TFLiteClassifier(path, list(CLASSES))
+        scores = clf.predict(FACES)
+        tolerance = 0.02 if variant in ("int8", "dynamic") else 1e-3
+        assert np.abs(scores - reference).max() < tolerance, variant
+    int8 = TFLiteClassifier(paths["int8"], list(CLASSES)).interpreter.get_input_details()[0]
+    assert int8["dtype"] == np.uint8 and int8["quantization"] == (1.0, 0)  # raw pixels pass straight in
+
+
+def test_views_are_part_of_the_exported_model(core, tmp_path: Path) -> None:
+    model, paths = exported(core, tmp_path, "quantize.views.flip=true", "quantize.variants=[float32]",
+                            "quantize.register=float32")
+    clf = TFLiteClassifier(paths["float32"], list(CLASSES))
+    assert np.allclose(clf.predict(FACES[:4]), clf.predict(FACES[:4, :, ::-1]), atol=1e-5)  # mirror-symmetric
+    assert model.name.endswith("_tta")
+
+
+def test_registering_a_byte_identical_model_returns_the_existing_version(core, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the store's artifacts go to ./mlruns
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    _, paths = exported(core, tmp_path, "quantize.variants=[int8]")
+    (tmp_path / "labels.json").write_text(json.dumps({"labels": list(CLASSES)}))
+    tags = {Tag.tflite_sha256: sha256_of(paths["int8"])}
+    with mlflow.start_run():
+        first, new = register(paths["int8"], "fer-expression-test", FACES[:2], dict(tags))
+        assert new
+        again, new_again = register(paths["int8"], "fer-expression-test", FACES[:2], dict(tags))
+    assert (again, new_again) == (first, False)
+    versions = mlflow.MlflowClient().search_model_versions("name = 'fer-expression-test'")
+    assert len(versions) == 1 and versions[0].tags[Tag.tflite_sha256] == tags[Tag.tflite_sha256]
