@@ -148,7 +148,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
         "best_val_accuracy": max(r.get("val_accuracy", 0.0) for r in history),
         "epochs": len(history), "params": int(model.count_params()), "macs": macs, "seconds": seconds,
         "images_per_s": float(np.median(progress.images_per_s)) if progress.images_per_s else 0.0,
-        "precision": precision,
+        "precision": precision, "onednn": onednn_enabled(),
     }
     print(f"[train] val accuracy {metrics['val_accuracy']:.4f} after {len(history)} epochs in {seconds:.0f}s")
     return TrainResult(model, history, metrics)
@@ -170,6 +170,13 @@ def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str) ->
     return np.mean(scores, axis=0)
 
 
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN kernels in this process (see pipeline/__init__.py)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def write_outputs(result: TrainResult) -> None:
     with atomic_path(artifacts.KERAS_MODEL) as tmp:
         result.model.save(tmp)
@@ -180,8 +187,8 @@ def write_outputs(result: TrainResult) -> None:
 
 def log(metrics: dict[str, float]) -> None:
     # all prefixed: an unprefixed `val_accuracy` at step 0 would hide behind the per-epoch curve's last value
-    mlflow.log_metrics({f"train_{k}": v for k, v in metrics.items() if not isinstance(v, str)})
-    mlflow.set_tag("train.precision", metrics["precision"])
+    mlflow.log_metrics({f"train_{k}": v for k, v in metrics.items() if not isinstance(v, str | bool)})
+    mlflow.set_tags({"train.precision": metrics["precision"], "train.onednn": str(metrics["onednn"]).lower()})
     for path, folder in ((artifacts.KERAS_MODEL, "train"), (artifacts.TRAIN_CURVES, "plots"),
                          (artifacts.TRAIN_HISTORY, "train")):
         mlflow.log_artifact(str(path), folder)
