@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv run test test-fast lint params lock venv-lean realtime-size
+.PHONY: help venv run test test-fast lint params lock venv-lean realtime-size release-model wheel
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -51,3 +51,11 @@ venv-lean: .venv-lean/.installed  ## the realtime runner alone: no TensorFlow
 
 realtime-size: venv-lean  ## installed size of the realtime runner (lean venv) next to the full venv
 	bash benchmarks/lean_size.sh
+
+release-model: venv  ## the bundled release model from the registry: make release-model MODEL=models:/fer-expression-fer2013@champion
+	$(BIN)/python -m pipeline.release $(MODEL)
+
+DIST ?= dist
+wheel: venv  ## the installable runner: a wheel in $(DIST)/ (python -m build), no TensorFlow needed to run it
+	$(BIN)/python -m build --wheel --outdir $(DIST) . > /dev/null
+	@ls $(DIST)/fer_pipeline-*.whl

@@ -47,7 +47,7 @@ def test_lineage_prints_commit_config_data_metrics_and_rebuild(repro: Repro) -> 
     out = lineage(repro, f"models:/{registered['name']}/{registered['version']}").stdout
     commit = run(["git", "rev-parse", "HEAD"], repro.path, repro.env).stdout.strip()
     assert f"commit    {commit}" in out and "DIRTY" not in out
-    assert "train.epochs: 12 -> 2" in out  # the tiny preset, as a diff against conf/ defaults
+    assert "train.epochs: 12 -> 6" in out  # the tiny preset, as a diff against conf/ defaults
     assert "test_accuracy" in out
     assert f"rebuild   git checkout {commit} && make venv && . .venv/bin/activate && dvc exp run" in out
 

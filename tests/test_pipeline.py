@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -14,7 +19,7 @@ from pipeline.inference.classifier import TFLiteClassifier
 from pipeline.inference.registry import download_registered
 from pipeline.prepared import load_split
 
-from .conftest import Repro, run
+from .conftest import Repro, free_port, run, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +46,7 @@ def test_every_declared_output_exists(repro: Repro) -> None:
 def test_metrics_have_their_keys(repro: Repro) -> None:
     train = json.loads((repro.path / "metrics/train.json").read_text())
     assert {"val_accuracy", "epochs", "params", "macs", "images_per_s"} <= set(train)
-    assert train["epochs"] == 2
+    assert train["epochs"] == 6
     bench = json.loads((repro.path / "metrics/benchmark.json").read_text())
     assert {"latency", "size_bytes", "macs_per_face", "peak_gmacs", "share_of_peak_t1",
             "frame_end_to_end_ms", "machine"} <= set(bench)
@@ -52,6 +57,8 @@ def test_metrics_have_their_keys(repro: Repro) -> None:
         m = evaluate["models"][variant]
         assert {"accuracy", "macro_f1", "per_class", "confusion", "agreement_with_keras"} <= set(m)
         assert np.array(m["confusion"]).sum() == evaluate["test_size"]
+    # the tiny preset learns: above the raw-pixel floor, so its version is promoted on a fresh store
+    assert evaluate["promotion_floor"] == evaluate["baseline_logreg_accuracy"] < evaluate["accuracy"]
     assert evaluate["promotion"]["promoted"] is True
 
 
@@ -94,6 +101,64 @@ def test_mlflow_models_predict_serves_the_registered_pyfunc(repro: Repro, mlflow
     scores = np.array(json.loads((tmp_path / "out.json").read_text())["predictions"])
     assert scores.shape == (3, 7), result.stdout
     assert np.allclose(scores.sum(axis=1), 1.0, atol=0.02)
+
+
+def test_mlflow_models_serve_answers_invocations_with_scores(repro: Repro, tmp_path) -> None:
+    """The registered pyfunc behind MLflow's own scoring server, on 127.0.0.1, as the README shows with curl."""
+    registered = json.loads((repro.path / "models/registered.json").read_text())
+    port = free_port()
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{registered['name']}@champion",
+                                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                                  cwd=tmp_path, env=repro.env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", timeout=120)
+        x, _ = load_split(repro.path / "data/prepared/test.npz")
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"inputs": x[:3].tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            scores = np.array(json.loads(response.read())["predictions"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert scores.shape == (3, 7), (tmp_path / "serve.log").read_text()[-2000:]
+    local = TFLiteClassifier(repro.path / "models/tflite/int8.tflite", json.loads(
+        (repro.path / "models/tflite/labels.json").read_text())["labels"]).predict(x[:3])
+    np.testing.assert_allclose(scores, local, atol=1e-6)  # the same model, served
+
+
+def test_release_writes_the_registered_model_its_labels_and_card(repro: Repro, mlflow_server, tmp_path) -> None:
+    from pipeline.inference.registry import sha256_of
+    from pipeline.release import release
+
+    registered = json.loads((repro.path / "models/registered.json").read_text())
+    evaluate = json.loads((repro.path / "metrics/evaluate.json").read_text())
+    card = release(f"models:/{registered['name']}/{registered['version']}", mlflow_server.uri, tmp_path / "rel")
+    assert sha256_of(tmp_path / "rel" / "model.tflite") == registered["tflite_sha256"] == card["sha256"]
+    assert card["test"]["accuracy"] == evaluate["accuracy"] and set(card["test"]["recall"]) == set(
+        evaluate["models"]["int8"]["per_class"])
+    assert card["latency"]["ms_per_face_1_thread"] > 0 and card["training"]["rebuild"].startswith("git checkout")
+    text = (tmp_path / "rel" / "MODEL_CARD.md").read_text()
+    assert f"{evaluate['accuracy']:.2%}" in text and "rebuild   " in text
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["MODEL_CARD.md", "labels.json", "model.tflite",
+                                                                    "model_card.json"]
+
+
+def test_changing_only_the_test_time_views_re_exports_without_retraining(repro: Repro, tmp_path) -> None:
+    work = tmp_path / "repo"
+    shutil.copytree(repro.path, work, symlinks=True)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["quantize"]["views"]["flip"] = True
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(run(["dvc", "status", "--json"], work, repro.env).stdout)
+    assert set(status) == {"quantize"}  # train's params and data are untouched
+    output = run(["dvc", "repro"], work, repro.env).stdout
+    ran = {s for s in ("prepare", "train", "quantize", "benchmark", "evaluate") if f"Running stage '{s}'" in output}
+    assert ran == {"quantize", "benchmark", "evaluate"}
+    labels = json.loads((work / "models/tflite/labels.json").read_text())
+    assert labels["views"] == {"flip": True, "zoom": 0}
 
 
 def test_repro_again_runs_no_stage(repro: Repro) -> None:

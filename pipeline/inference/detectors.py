@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.inference.contract import OPENCV_MISSING
+from pipeline.inference.contract import FRAMING_MARGIN, OPENCV_MISSING
 
 try:
     import cv2
@@ -210,7 +210,7 @@ def make_detector(name: str, **options: Any) -> FaceDetector:
     raise ValueError(f"unknown face detector {name!r}; choose one of: {', '.join(DETECTORS)}")
 
 
-def crop_face(gray: np.ndarray, face: Face, size: int = 48, margin: float = 0.1) -> np.ndarray:
+def crop_face(gray: np.ndarray, face: Face, size: int = 48, margin: float = FRAMING_MARGIN) -> np.ndarray:
     """Cut the classifier's input: a square around the face, widened by `margin` on each side.
 
     FER2013 faces are square and include a little forehead and chin, so a bare detector box

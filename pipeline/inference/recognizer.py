@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from pipeline.inference.classifier import TFLiteClassifier
-from pipeline.inference.contract import IMAGE_SIZE
+from pipeline.inference.contract import FRAMING_MARGIN, IMAGE_SIZE, OPENCV_MISSING
+
+try:
+    import cv2
+except ImportError as e:  # neither OpenCV extra installed
+    raise ImportError(OPENCV_MISSING) from e
 from pipeline.inference.detectors import Face, crop_face, make_detector
 from pipeline.inference.registry import ResolvedModel, resolve
 
@@ -76,7 +80,7 @@ class ExpressionRecognizer:
     """A face detector plus the expression classifier, ready to call on images or crops."""
 
     def __init__(self, model: str | None = None, *, detector: str = "blazeface", threads: int = 2,
-                 margin: float = 0.1, min_face: int = 32, tracking_uri: str | None = None,
+                 margin: float = FRAMING_MARGIN, min_face: int = 32, tracking_uri: str | None = None,
                  cache_dir: str | Path | None = None, detector_options: dict[str, Any] | None = None,
                  resolved: ResolvedModel | None = None) -> None:
         self.model = resolved or resolve(model, tracking_uri or default_tracking_uri(), cache_dir)

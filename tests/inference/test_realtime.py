@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.inference.contract import CLASSES
+from pipeline.inference.contract import CLASSES, FRAMING_MARGIN
 from pipeline.inference.realtime import Smoother, load_config
 from tests.fixtures import videos as VIDEO
 
@@ -196,6 +196,7 @@ def test_runner_never_imports_tensorflow(clip, tiny_model, tmp_path) -> None:
 def test_config_defaults_and_detector_choice() -> None:
     cfg = load_config([])
     assert cfg.model is None and cfg.source == "0" and cfg.detector.name == "blazeface"  # None: the resolution rule
+    assert cfg.margin == FRAMING_MARGIN  # the runner frames faces as the API and the benchmark do
     haar = load_config(["detector=haar", "source=clip.mp4", "display=false", "output.json=-"])
     assert haar.detector.name == "haar" and haar.detector.min_neighbors == 5
     assert (haar.source, haar.display, haar.output.json) == ("clip.mp4", False, "-")
