@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv run test test-fast lint params lock venv-lean realtime-size release-model wheel
+.PHONY: help venv run exp-show test test-fast lint params lock venv-lean realtime-size release-model wheel
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -14,7 +14,7 @@ help:  ## list the targets
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check uv==0.13.9
-	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -r requirements.lock
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
 
@@ -23,6 +23,9 @@ venv: $(BIN)/.installed  ## create .venv from requirements.lock
 run: venv  ## the whole pipeline (prepare, train, quantize, benchmark, evaluate) on the default data
 	dvc repro
 	@echo "done: metrics in metrics/*.json (dvc metrics show), plots in plots/ (dvc plots show), runs: mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+exp-show: venv  ## the experiments' headline metrics in 120 columns (dvc exp show --drop/--keep); ARGS=... adds options
+	@$(BIN)/python -m pipeline.metrics $(ARGS)
 
 test: venv  ## the whole suite: in-process tests + integration (real dvc repro, mlflow server, PostgreSQL)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -59,3 +62,12 @@ DIST ?= dist
 wheel: venv  ## the installable runner: a wheel in $(DIST)/ (python -m build), no TensorFlow needed to run it
 	$(BIN)/python -m build --wheel --outdir $(DIST) . > /dev/null
 	@ls $(DIST)/fer_pipeline-*.whl
+
+.PHONY: search
+SEARCH ?= default
+search: venv  ## hyperparameter search over DVC experiments: make search SEARCH=fer2013 [SEARCH_ARGS="n_trials=20"]
+	$(BIN)/python -m pipeline.search $(SEARCH) $(SEARCH_ARGS)
+
+.PHONY: screenshots
+screenshots: venv  ## the README's MLflow screenshots (docs/screenshots/*.png) from mlflow.db, in headless Chromium
+	$(BIN)/python benchmarks/screenshots.py $(SCREENSHOTS_ARGS)

@@ -33,7 +33,7 @@ from matplotlib import ticker
 from pipeline.files import atomic_path, write_json, write_text
 
 STAGES = ("train", "quantize", "benchmark", "evaluate")  # a resumed run links to the one that ran prepare
-# The PyPI `fer` package measured on this machine class (../shared/FACTS.md: 65.3 % PublicTest, 0.52 ms/face).
+# The PyPI `fer` package, measured on the AVX-512 AMD EPYC host: 65.3 % PublicTest, 0.52 ms/face.
 PEER = {"name": "PyPI fer (mini-Xception)", "accuracy": 0.653, "latency_ms": 0.52}
 
 
@@ -59,16 +59,27 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
             "filters": p.get("model.filters", ""),
             "tta": p.get("quantize.views.flip", p.get("model.tta_flip")) == "true",
             "zoom": int(p.get("quantize.views.zoom", p.get("model.tta_zoom", 0))),  # older runs: model.tta_*
-            "epochs": int(m.get("train_epochs", 0)), "mmacs": m.get("macs_per_face", 0) / 1e6,
-            "train_min": m.get("train_seconds", 0) / 60, "img_s": m.get("train_images_per_s", 0),
-            "keras": m.get("test_accuracy_keras"), "float32": m.get("test_accuracy_float32"),
-            "int8": m.get("test_accuracy_int8"), "f1_int8": m.get("test_macro_f1_int8"),
-            "lat_int8": m.get("latency_ms_int8_t1"), "lat_f32": m.get("latency_ms_float32_t1"),
-            "size_kb": m.get("size_kb_int8"), "seed": p.get("train.seed"), "protocol": tags.get("protocol", ""),
-            "val": m["train_val_accuracy"] if "train_val_accuracy" in m else exported_val(client, run),
+            "epochs": int(metric(m, "train/epochs", "train_epochs") or 0),
+            "mmacs": (metric(m, "compute/macs_per_face", "macs_per_face") or 0) / 1e6,
+            "train_min": metric(m, "train/minutes") or (m.get("train_seconds", 0) / 60),
+            "img_s": metric(m, "train/images_per_s", "train_images_per_s") or 0,
+            "keras": metric(m, "test/keras_accuracy", "test_accuracy_keras"),
+            "float32": metric(m, "test/float32_accuracy", "test_accuracy_float32"),
+            "int8": metric(m, "test/accuracy", "test_accuracy_int8"),
+            "f1_int8": metric(m, "test/macro_f1", "test_macro_f1_int8"),
+            "lat_int8": metric(m, "latency/ms_per_face", "latency_ms_int8_t1"),
+            "lat_f32": m.get("latency_ms_float32_t1"),  # per-variant latency is in benchmark/details.json now
+            "size_kb": metric(m, "size/kib", "size_kb_int8"), "seed": p.get("train.seed"),
+            "protocol": tags.get("protocol", ""),
+            "val": metric(m, "val/accuracy", "train_val_accuracy") or exported_val(client, run),
             "recipe": recipe(p), "date": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d"),
         })
     return rows
+
+
+def metric(m: dict[str, float], name: str, older: str | None = None) -> float | None:
+    """A run's metric by its name, or by the name runs logged before the `<area>/<what>` scheme."""
+    return m.get(name, m.get(older) if older else None)
 
 
 def preset_params() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
@@ -153,7 +164,7 @@ def write_table(rows: list[dict], path: Path, machine: str) -> None:
               "model: 0.921 ms and 276 img/s there, 0.412 ms and 520 img/s here); compare its "
               "milliseconds and training minutes only with each other.",
               "", f"Peer for reference: {PEER['name']}, {PEER['accuracy']:.1%} PublicTest, "
-              f"{PEER['latency_ms']} ms/face (../shared/FACTS.md).", ""]
+              f"{PEER['latency_ms']} ms/face (measured on the AVX-512 AMD EPYC host).", ""]
     write_text(path, "\n".join(lines))
 
 

@@ -24,6 +24,9 @@ RUNS_DIR = Path("runs")  # runs/<stage>.json: the MLflow run each stage logged i
 TRAIN_METRICS = Path("metrics/train.json")
 BENCHMARK_METRICS = Path("metrics/benchmark.json")
 EVALUATE_METRICS = Path("metrics/evaluate.json")
+# The stages' metrics files are flat (names from pipeline/metrics.py); what does not fit a column goes here
+BENCHMARK_DETAILS = Path("metrics/details/benchmark.json")  # every latency with p90, sizes, the machine
+EVALUATE_DETAILS = Path("metrics/details/evaluate.json")  # every model's report and confusion, promotion
 TRAIN_HISTORY = Path("plots/train/history.csv")
 TRAIN_CURVES = Path("plots/train/curves.png")
 LATENCY_CHART = Path("plots/benchmark/latency.png")
@@ -52,8 +55,9 @@ STAGE_FILES: dict[str, dict[str, list[Path]]] = {
     "train": {"outs": [KERAS_MODEL, CHECKPOINTS, run_record("train"), TRAIN_HISTORY],
               "metrics": [TRAIN_METRICS], "plots": [TRAIN_CURVES]},
     "quantize": {"outs": [TFLITE_DIR, REGISTERED, run_record("quantize")]},
-    "benchmark": {"outs": [run_record("benchmark")], "metrics": [BENCHMARK_METRICS], "plots": [LATENCY_CHART]},
-    "evaluate": {"outs": [run_record("evaluate"), CONFUSION_CSV], "metrics": [EVALUATE_METRICS],
+    "benchmark": {"outs": [run_record("benchmark"), BENCHMARK_DETAILS], "metrics": [BENCHMARK_METRICS],
+                  "plots": [LATENCY_CHART]},
+    "evaluate": {"outs": [run_record("evaluate"), CONFUSION_CSV, EVALUATE_DETAILS], "metrics": [EVALUATE_METRICS],
                  "plots": [CONFUSION_PNG, SAMPLES_PNG]},
 }
 

@@ -235,6 +235,10 @@ class TrainConfig:
         if self.include_val and (self.keep_best or self.early_stopping_patience):
             return ("include_val = true: val is then training data, so train.keep_best and "
                     "train.early_stopping_patience must be off (false / 0)")
+        if self.distribute == Distribute.multi_worker and self.time_budget_min:
+            return (f"time_budget_min = {self.time_budget_min:g}: must be 0 with train.distribute = multi_worker "
+                    "(each worker would pace its learning rate and stop by its own clock, out of step with the "
+                    "others); give train.epochs instead")
         return None
 
 
@@ -451,6 +455,19 @@ def override_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ",".join(override_value(v) for v in value) + "]"
     return str(value.value if isinstance(value, StrEnum) else value)
+
+
+NOT_APPLICABLE = "n/a"  # a logged param that this run's data source does not have
+
+
+def logged_params(params: Params) -> dict[str, str]:
+    """`to_flat_dict`, plus every data key of the other sources as `n/a`: runs on different sources then
+    have the same param columns in MLflow, and its compare plots show `n/a` instead of a made-up value."""
+    flat = to_flat_dict(params)
+    for schema in DATA_SCHEMAS.values():
+        for f in dataclasses.fields(schema):
+            flat.setdefault(f"data.{f.name}", NOT_APPLICABLE)
+    return flat
 
 
 def to_flat_dict(params: Params) -> dict[str, str]:

@@ -26,6 +26,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 from pipeline import artifacts, cli
 from pipeline.inference.classifier import ModelError, TFLiteClassifier, default_threads, read_labels
 from pipeline.inference.contract import CLASSES, Tag
+from pipeline.metrics import recall
 from pipeline.prepared import load_split
 
 
@@ -126,28 +127,55 @@ def write_plots(y_test: np.ndarray, y_pred: np.ndarray, x_test: np.ndarray, best
                           f"Test faces: true → predicted by {variant} (red = wrong)")
 
 
-def log(metrics: dict[str, Any], decision: dict[str, Any], registered: dict) -> None:
+def flat(models: dict[str, dict], variant: str, baseline: dict[str, float] | None, floor: float | None,
+         test_size: int) -> dict[str, float]:
+    """metrics/evaluate.json: the registered variant under the plain names, its per-class recall, the other
+    variants' accuracy, the baseline and the floor (everything else stays in the details file)."""
+    best = models[variant]
+    return {
+        "test/accuracy": best["accuracy"], "test/macro_f1": best["macro_f1"],
+        **{recall(c): v["recall"] for c, v in best["per_class"].items()},
+        "test/keras_accuracy": models["keras"]["accuracy"],
+        **{f"test/{name}_accuracy": m["accuracy"] for name, m in models.items() if name not in (variant, "keras")},
+        "test/faces": test_size,
+        **({"baseline/accuracy": baseline["accuracy"], "baseline/macro_f1": baseline["macro_f1"]} if baseline else {}),
+        **({"test/promotion_floor": floor} if floor is not None else {}),
+    }
+
+
+def log(metrics: dict[str, float], details: dict[str, Any], registered: dict) -> None:
     import mlflow
 
-    for name, m in metrics["models"].items():
-        mlflow.log_metrics({f"test_accuracy_{name}": m["accuracy"], f"test_macro_f1_{name}": m["macro_f1"],
-                            f"agreement_{name}": m["agreement_with_keras"]})
-    baseline = metrics["baseline_logreg_accuracy"]
-    mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
-                       | ({"baseline_logreg_accuracy": baseline} if baseline is not None else {}))
+    from pipeline import tracking
+
+    decision = details["promotion"]
+    mlflow.log_metrics(metrics)
     mlflow.set_tags({"promotion": decision["reason"], "registered_version": registered["version"]})
-    mlflow.log_dict(metrics, "evaluate/evaluate.json")
+    mlflow.log_dict(details, "evaluate/details.json")
     for png in (artifacts.CONFUSION_PNG, artifacts.SAMPLES_PNG):
         if png.exists():
             mlflow.log_artifact(str(png), "plots")
+    tracking.set_version_tags(registered["name"], registered["version"], {
+        Tag.promotion: "champion" if decision["promoted"] else "not promoted",
+        Tag.promotion_reason: decision["reason"]})
+    tracking.describe_version(registered["name"], registered["version"])
+
+
+def score_exports(x_test: np.ndarray, y_test: np.ndarray, labels: list[str]) -> tuple[dict[str, dict], dict]:
+    """Every model's metrics (`evaluate()`) and its scores, the Keras model and each exported .tflite."""
+    import keras
+
+    model = keras.models.load_model(artifacts.KERAS_MODEL)
+    all_scores = {"keras": model.predict(x_test[..., None].astype(np.float32), batch_size=256, verbose=0)}
+    for path in sorted(artifacts.TFLITE_DIR.glob("*.tflite")):
+        all_scores[path.stem] = TFLiteClassifier(path, labels, num_threads=default_threads()).predict(x_test)
+    return evaluate(y_test, all_scores, labels), all_scores
 
 
 def main() -> None:
     if len(sys.argv) > 1:
         standalone(sys.argv[1:])
         return
-    import keras
-
     from pipeline import tracking
     from pipeline.config import load_params
     from pipeline.files import write_json
@@ -162,22 +190,16 @@ def main() -> None:
         raise SystemExit(f"error: {artifacts.TFLITE_LABELS}: labels {labels} differ from the canonical {CLASSES}")
 
     with tracking.stage_run("evaluate", params, upstream="quantize"):
-        model = keras.models.load_model(artifacts.KERAS_MODEL)
-        all_scores = {"keras": model.predict(x_test[..., None].astype(np.float32), batch_size=256, verbose=0)}
-        for path in sorted(artifacts.TFLITE_DIR.glob("*.tflite")):
-            all_scores[path.stem] = TFLiteClassifier(path, labels, num_threads=default_threads()).predict(x_test)
-        models = evaluate(y_test, all_scores, labels)
+        models, all_scores = score_exports(x_test, y_test, labels)
         variant = registered["variant"]
         best = models[variant]
-        baseline = None
-        if cfg.baseline_samples:
-            x_train, y_train = load_split("train")
-            baseline = logreg_baseline(x_train, y_train, x_test, y_test, cfg.baseline_samples)
+        baseline = logreg_baseline(*load_split("train"), x_test, y_test, cfg.baseline_samples) \
+            if cfg.baseline_samples else None
+        if baseline:
             print(f"[evaluate] raw-pixel logistic regression baseline: accuracy {baseline['accuracy']:.4f}, "
                   f"macro-F1 {baseline['macro_f1']:.4f}")
         metric = str(cfg.promote_metric)
         floor = floor_value(str(cfg.floor), metric, baseline, len(labels))
-
         tracking.set_version_tags(registered["name"], registered["version"], {
             Tag.test_accuracy: best["accuracy"], Tag.test_macro_f1: best["macro_f1"]})
         decision = tracking.promote(registered["name"], registered["version"], metric, best[metric],
@@ -185,17 +207,19 @@ def main() -> None:
         print(f"[evaluate] promotion of {registered['name']} v{registered['version']}: "
               f"{'promoted to' if decision['promoted'] else 'not'} champion ({decision['reason']})")
         write_plots(y_test, all_scores[variant].argmax(axis=1), x_test, best, variant, labels, cfg.sample_grid)
-        metrics = {
-            "accuracy": best["accuracy"], "macro_f1": best["macro_f1"], "variant": variant,
-            "protocol": report.protocol, "test_split": report.mapping["test"], "test_size": len(y_test),
-            "test_digest": report.digests["test"],
-            "baseline_logreg_accuracy": baseline["accuracy"] if baseline else None,
-            "baseline_logreg_macro_f1": baseline["macro_f1"] if baseline else None, "promotion_floor": floor,
+        details = {
+            "variant": variant, "protocol": report.protocol, "test_split": report.mapping["test"],
+            "test_size": len(y_test), "test_digest": report.digests["test"],
+            "baseline_logreg": baseline, "promotion_floor": floor,
             "registered": {k: registered[k] for k in ("name", "version", "run_id")},
             "promotion": decision, "models": models,
         }
+        metrics = flat(models, variant, baseline, floor, len(y_test))
+        write_json(artifacts.EVALUATE_DETAILS, details)
         write_json(artifacts.EVALUATE_METRICS, metrics)
-        log(metrics, decision, registered)
+        log(metrics, details, registered)
+    experiment_id = json.loads(artifacts.run_record("evaluate").read_text())["experiment_id"]
+    print(f"[evaluate] {tracking.links(params.mlflow, experiment_id, registered['name'])}")
 
 
 if __name__ == "__main__":

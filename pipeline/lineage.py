@@ -28,13 +28,19 @@ from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import CONF_DIR, ConfigError, compose, override_value, parse_params, to_flat_dict
+from pipeline.config import (
+    CONF_DIR,
+    NOT_APPLICABLE,
+    ConfigError,
+    compose,
+    override_value,
+    parse_params,
+    to_flat_dict,
+)
 from pipeline.inference.registry import redact
+from pipeline.metrics import HEADLINE_NAMES
 
 GROUPS = ("data", "model")  # groups whose options change the key set, so `-S group=option` is needed
-KEY_METRICS = ("test_accuracy", "test_macro_f1", "train_val_accuracy", "baseline_logreg_accuracy",
-               "latency_ms", "frame_end_to_end_ms", "size_kb_int8", "train_seconds")
-
 
 @contextmanager
 def conf_at(commit: str) -> Iterator[tuple[Path, str]]:
@@ -143,7 +149,7 @@ def describe(uri: str) -> dict[str, Any]:
         name, _, number = name.partition("/")
         version = client.get_model_version(name, number)
     run = client.get_run(version.tags.get("run_id") or version.run_id)
-    params = dict(run.data.params)
+    params = {k: v for k, v in run.data.params.items() if v != NOT_APPLICABLE}  # other sources' keys
     tags = run.data.tags
     commit = tags.get("mlflow.source.git.commit", "unknown")
     with conf_at(commit) as (conf_dir, conf_note):
@@ -164,7 +170,7 @@ def describe(uri: str) -> dict[str, Any]:
         "config_base": conf_note,
         "config_diff": {k: {"default": defaults.get(k), "run": v} for k, v in params.items()
                         if not _same(defaults.get(k), v)},
-        "metrics": {k: run.data.metrics[k] for k in KEY_METRICS if k in run.data.metrics},
+        "metrics": {k: run.data.metrics[k] for k in HEADLINE_NAMES if k in run.data.metrics},
         "version_tags": dict(version.tags),
         "rebuild": {"overrides": overrides,
                     "command": f"git checkout {commit} && make venv && . .venv/bin/activate && {command}"},

@@ -133,7 +133,6 @@ def main() -> None:
             TFLiteClassifier(path, list(CLASSES))  # fails here, not in production, if the export is unusable
             size_kb = path.stat().st_size / 1024
             print(f"[quantize] {variant:8s} {size_kb:8.1f} KiB -> {path}")
-            mlflow.log_metric(f"size_kb_{variant}", size_kb)
             mlflow.log_artifact(str(path), "tflite")
 
         name = registered_name(cfg.model_name, family_of(report))

@@ -22,6 +22,7 @@ from pipeline.files import write_json, write_text
 from pipeline.inference.classifier import ModelError, TFLiteClassifier, read_labels_file
 from pipeline.inference.contract import CLASSES, LABELS_FILE, MODEL_FILE, Tag, parse_model_uri
 from pipeline.inference.registry import RELEASE_DIR, download_registered, sha256_of
+from pipeline.timing import machine_name
 
 TERMS = ("FER2013 (Goodfellow et al., 'Challenges in Representation Learning: A report on three machine "
          "learning contests', ICML 2013 workshop, arXiv:1307.0414), distributed by Kaggle under the rules of the "
@@ -40,14 +41,6 @@ def _run_artifact(client: Any, run_id: str, path: str) -> dict:
             return {}
 
 
-def machine_name(m: dict) -> str:
-    """`AMD EPYC (AVX2, no AVX-512)`: the CPU model and the vector units that decide int8 speed."""
-    if not m:
-        return "unknown"
-    units = "AVX-512" + (" with VNNI" if m.get("vnni") else "") if m.get("avx512f") else "AVX2, no AVX-512"
-    return f"{m.get('cpu', 'unknown')} ({units}, {m.get('cores')} cores)"
-
-
 def card(uri: str, tracking_uri: str) -> tuple[dict, str]:
     """The model card as a dict, and the lineage text (from `pipeline.lineage`)."""
     import mlflow
@@ -59,8 +52,10 @@ def card(uri: str, tracking_uri: str) -> tuple[dict, str]:
     info = lineage.describe(uri)
     version = client.get_model_version(info["name"], info["version"])
     run_id = version.tags.get(Tag.run_id) or info["run_id"]
-    evaluate = _run_artifact(client, run_id, "evaluate/evaluate.json")
-    bench = _run_artifact(client, run_id, "benchmark/benchmark.json")
+    evaluate = (_run_artifact(client, run_id, "evaluate/details.json")  # older runs: evaluate.json
+                or _run_artifact(client, run_id, "evaluate/evaluate.json"))
+    bench = (_run_artifact(client, run_id, "benchmark/details.json")
+             or _run_artifact(client, run_id, "benchmark/benchmark.json"))
     variant = version.tags.get(Tag.variant, "int8")
     scores = evaluate.get("models", {}).get(variant, {})
     path = info["data"]["path"] or ""
@@ -90,7 +85,7 @@ def card(uri: str, tracking_uri: str) -> tuple[dict, str]:
         "test": {"accuracy": accuracy, "macro_f1": float(version.tags.get(Tag.test_macro_f1, "nan")),
                  "recall": {c: scores["per_class"][c]["recall"] for c in CLASSES} if scores else {},
                  "faces": evaluate.get("test_size")},
-        "latency": {"ms_per_face_1_thread": bench.get("registered_latency_ms_t1"),
+        "latency": {"ms_per_face_1_thread": (bench.get("latency", {}).get(f"{variant}_t1") or {}).get("median_ms"),
                     "machine": machine_name(bench.get("machine", {})), "macs_per_face": bench.get("macs_per_face")},
     }, text
 

@@ -64,6 +64,14 @@ def machine() -> dict[str, object]:
     }
 
 
+def machine_name(m: dict) -> str:
+    """`AMD EPYC (AVX2, no AVX-512)`: the CPU model and the vector units that decide int8 speed."""
+    if not m:
+        return "unknown"
+    units = "AVX-512" + (" with VNNI" if m.get("vnni") else "") if m.get("avx512f") else "AVX2, no AVX-512"
+    return f"{m.get('cpu', 'unknown')} ({units}, {m.get('cores')} cores)"
+
+
 def compute_peak_gmacs(threads: int, size: int = 1024, repeats: int = 7) -> float:
     """Best-of-N float32 GMAC/s of a square matmul with NumPy's BLAS limited to `threads` threads.
 

@@ -29,11 +29,12 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-from pipeline import artifacts
+from pipeline import artifacts, record
 from pipeline.artifacts import repo_root
-from pipeline.config import MlflowConfig, Params, to_flat_dict
+from pipeline.config import MlflowConfig, Params, logged_params, to_flat_dict
 from pipeline.files import write_json
 from pipeline.inference.registry import redact, sqlite_store_problem
+from pipeline.metrics import epoch_metrics
 from pipeline.prepared import PreparedReport
 
 
@@ -189,28 +190,38 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
     run_id, interrupted = _continuable_run(upstream, stage, digest)
     git = git_state()
     exp_name = os.environ.get("DVC_EXP_NAME", "")
-    tags = {"mlflow.source.git.commit": git["commit"], "git.dirty": git["dirty"], "dvc.exp_name": exp_name,
+    tags = {"mlflow.source.git.commit": git["commit"], "git.dirty": git["dirty"],
+            "mlflow.source.name": "dvc.yaml",  # the run is the pipeline's, not its first stage's script
             "pipeline.params_digest": digest, "pipeline.data_family": params.data.family}
+    if exp_name:  # `dvc repro` has none: the run is then named after the commit
+        tags["dvc.exp_name"] = exp_name
     if interrupted:  # e.g. a training resumed from its checkpoint after the machine went down
         tags["pipeline.resumes_run"] = interrupted
+    if parent := os.environ.get("PIPELINE_SEARCH_PARENT_RUN_ID"):  # a trial of pipeline.search
+        tags["mlflow.parentRunId"] = parent  # nests the trial's run under its study's run
     data_md5 = data_dependency_md5(params.data.path) if stage != "prepare" else None  # prepare's lock entry
     # is written by DVC after prepare ends, so the first later stage records it
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
                            run_name=None if run_id else exp_name or f"repro-{git['commit'][:7]}",
-                           tags=None if run_id else tags)
+                           tags=None if run_id else tags | {"pipeline.config_diff": config_diff(params)})
     try:
-        mlflow.set_tags({"pipeline.pid": str(os.getpid()), "pipeline.host": socket.gethostname()}
+        mlflow.set_tags({"pipeline.pid": str(os.getpid()), "pipeline.host": socket.gethostname(),
+                         f"pipeline.stage.{stage}": "running", "pipeline.status": f"{stage} running"}
                         | ({"dvc.data_md5": data_md5} if data_md5 else {}))
         if run_id is None:
-            mlflow.log_params(to_flat_dict(params))
+            mlflow.log_params(logged_params(params))
+            record.restore_skipped_stages(stage)
         how = "continuing" if run_id else f"new, resuming interrupted run {interrupted}" if interrupted else "new"
-        uri = redact(tracking_uri(params.mlflow))
-        where = f"{uri}/#/experiments/{experiment_id}/runs/{run.info.run_id}" if uri.startswith("http") else uri
-        print(f"[{stage}] MLflow run {run.info.run_id} ({how}) at {where}")
+        print(f"[{stage}] MLflow run {run.info.run_id} ({how}): "
+              f"{ui_base(params.mlflow)}/#/experiments/{experiment_id}/runs/{run.info.run_id}")
         yield StageRun(run.info.run_id, continued=run_id is not None)
-        mlflow.set_tag(f"pipeline.stage.{stage}", "done")
+        mlflow.set_tags({f"pipeline.stage.{stage}": "done", "pipeline.status": f"{stage} done"})
+        if f"pipeline.restored.{stage}" in mlflow.get_run(run.info.run_id).data.tags:  # it ran after all
+            mlflow.delete_tag(f"pipeline.restored.{stage}")
+        record.describe_run(run.info.run_id)
     except KeyboardInterrupt:
+        _mark_stage(stage, "killed")
         _end_run_quietly(RunStatus.KILLED)
         raise
     except (MlflowException, OSError) as e:  # the tracking server failed or went away mid-stage
@@ -218,6 +229,7 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
         reason = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)[:240]
         raise SystemExit(f"error: [{stage}] MLflow at {redact(tracking_uri(params.mlflow))} failed: {reason}") from None
     except BaseException:
+        _mark_stage(stage, "failed")
         _end_run_quietly(RunStatus.FAILED)
         raise
     finally:
@@ -225,6 +237,34 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
     mlflow.end_run()
     write_json(artifacts.run_record(stage), {"run_id": run.info.run_id, "experiment_id": experiment_id,
                                              "tracking_uri": redact(tracking_uri(params.mlflow))})
+
+
+def ui_base(cfg: MlflowConfig) -> str:
+    return record.ui_base(redact(tracking_uri(cfg)))
+
+
+def config_diff(params: Params) -> str:
+    """The params that differ from `conf/`'s default composition, for the run's description (kept short)."""
+    from pipeline.config import compose, parse_params
+
+    try:
+        defaults = to_flat_dict(parse_params(compose()))
+    except Exception:  # conf/ unreadable here: the params are logged in full anyway
+        return ""
+    return record.config_diff(to_flat_dict(params), defaults)[:4000]
+
+
+def links(cfg: MlflowConfig, experiment_id: str, model_name: str) -> str:
+    """The runs table (training view) and the registered model, as the user opens them."""
+    base = ui_base(cfg)
+    how = "" if base.startswith(redact(tracking_uri(cfg)).rstrip("/")) else \
+        f" (after `mlflow ui --backend-store-uri {redact(tracking_uri(cfg))}`)"
+    return f"runs: {record.runs_table_link(base, experiment_id)}  model: {record.model_link(base, model_name)}{how}"
+
+
+def _mark_stage(stage: str, state: str) -> None:
+    with contextlib.suppress(Exception):  # the stage's own error is the one to show
+        mlflow.set_tags({f"pipeline.stage.{stage}": state, "pipeline.status": f"{stage} {state}"})
 
 
 def log_input(dataset: Any, context: str, tags: dict[str, str], attempts: int = 4) -> None:
@@ -245,9 +285,9 @@ def log_input(dataset: Any, context: str, tags: dict[str, str], attempts: int = 
             time.sleep(0.2 * (attempt + 1))
 
 
-def log_step_metrics(metrics: dict[str, float], step: int) -> None:
-    """Per-epoch metrics (the training curves)."""
-    mlflow.log_metrics(metrics, step=step)
+def log_step_metrics(logs: dict[str, float], step: int) -> None:
+    """One epoch of the training curves, under the `epoch/` names of pipeline/metrics.py."""
+    mlflow.log_metrics(epoch_metrics(logs), step=step)
 
 
 def log_prepared(report: PreparedReport) -> None:
@@ -260,8 +300,15 @@ def log_prepared(report: PreparedReport) -> None:
                               name=f"{report.source}-{name}", digest=report.digests[name][:36])
         log_input(dataset, context=name, tags={"rows": str(report.total(name)), "protocol": report.protocol,
                                                "path": report.path})
-    mlflow.log_metrics({f"data_{name}_size": report.total(name) for name in artifacts.SPLITS})
+    mlflow.log_metrics(prepared_metrics(report))
+    mlflow.set_tag("data.protocol", report.protocol)  # the rule applied; the param may say `auto`
     mlflow.log_dict(dataclasses.asdict(report), "prepare/report.json")
+
+
+def prepared_metrics(report: PreparedReport) -> dict[str, float]:
+    """Faces per split and how many were skipped: prepare's metrics (it has no metrics file of its own)."""
+    return {f"data/{name}_faces": report.total(name) for name in artifacts.SPLITS} | {
+        "data/skipped_files": int(report.skipped.get("count", 0))}
 
 
 # ---------------------------------------------------------------- registry
@@ -269,6 +316,10 @@ def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(name, version, str(key), str(value))
+
+
+def describe_version(name: str, version: str) -> None:
+    record.describe_version(name, version)
 
 
 def promote(name: str, version: str, metric: str, value: float, test_digest: str,

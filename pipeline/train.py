@@ -34,6 +34,7 @@ from pipeline.timing import cpu_info
 from pipeline.training import (
     EpochLog,
     MetricsLogger,
+    MultiWorkerStrategy,
     SignalsAtSafePoints,
     TimeBudget,
     class_weights,
@@ -45,6 +46,7 @@ from pipeline.training import (
     make_dataset,
     read_history,
     resolve_precision,
+    worker_checkpoint,
     write_history,
 )
 
@@ -55,7 +57,8 @@ Split = tuple[np.ndarray, np.ndarray]
 class TrainResult:
     model: keras.Model  # float32, with the weights of the best validation epoch when `keep_best`
     history: list[dict[str, float]]  # one row per epoch, across resumes
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # flat, named as in pipeline/metrics.py: metrics/train.json and MLflow
+    how: dict[str, str]  # how it ran (precision, oneDNN): MLflow tags, not metrics
 
 
 def checkpoint_dir(params: Params, report: PreparedReport) -> Path:
@@ -80,12 +83,42 @@ def strategy_for(cfg: TrainConfig) -> tuple[tf.distribute.Strategy, str]:
     precision = resolve_precision(str(cfg.precision), cpu_info()[1])
     keras.mixed_precision.set_global_policy(precision)
     if cfg.distribute == Distribute.multi_worker:  # one replica per process listed in TF_CONFIG
-        return tf.distribute.MultiWorkerMirroredStrategy(), precision
+        return MultiWorkerStrategy(), precision
     if cfg.distribute == Distribute.mirrored:  # every GPU, else every logical CPU device of this process
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices), precision
     return tf.distribute.get_strategy(), precision
+
+
+def fitted_data(cfg: TrainConfig, train_split: Split, val_split: Split,
+                teacher_scores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The faces, labels and (when distilling) soft targets that `fit` trains on."""
+    x_train, y_train = train_split
+    if cfg.include_val:  # the recipe was chosen on val earlier; now val is more training data
+        x_train, y_train = np.concatenate([x_train, val_split[0]]), np.concatenate([y_train, val_split[1]])
+    targets = (None if teacher_scores is None else
+               distillation_targets(y_train, teacher_scores, cfg.distill.weight, cfg.distill.temperature))
+    if cfg.max_train_samples:
+        x_train, y_train = x_train[: cfg.max_train_samples], y_train[: cfg.max_train_samples]
+        targets = None if targets is None else targets[: cfg.max_train_samples]
+    return x_train, y_train, targets
+
+
+def callbacks_for(cfg: TrainConfig, progress: EpochLog, checkpoint: Path, steps: int,
+                  spent: float) -> list[keras.callbacks.Callback]:
+    """In this order at each epoch's end: EpochLog adds the training seconds so far to the logs, the CSV
+    records them, and only then the backup is taken. A kill between the two leaves a CSV row ahead of the
+    backup (the epoch reruns and its last row wins), never a backup ahead of the CSV."""
+    callbacks = [progress, keras.callbacks.CSVLogger(str(checkpoint / "history.csv"), append=True),
+                 keras.callbacks.BackupAndRestore(str(checkpoint / "backup"), double_checkpoint=True)]
+    if cfg.time_budget_min:
+        callbacks.append(TimeBudget(lr_schedule(cfg, steps), cfg.epochs * steps, cfg.time_budget_min, spent))
+        print(f"[train] time budget {cfg.time_budget_min:g} min ({spent / 60:.1f} spent): at most {cfg.epochs} "
+              "epochs, the learning-rate schedule paced to end on time")
+    if cfg.early_stopping_patience or cfg.keep_best:
+        callbacks.append(early_stopping(cfg))
+    return callbacks
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_split: Split, checkpoint: Path,
@@ -95,15 +128,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     `teacher_scores` [N, 7] are the teachers' scores on the training faces (see `train.distill`).
     """
     strategy, precision = strategy_for(cfg)
-    x_train, y_train = train_split
+    checkpoint = worker_checkpoint(checkpoint, strategy)  # multi-worker: only the chief writes to `checkpoint`
+    x_train, y_train, targets = fitted_data(cfg, train_split, val_split, teacher_scores)
     x_val, y_val = val_split
-    if cfg.include_val:  # the recipe was chosen on val earlier; now val is more training data
-        x_train, y_train = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
-    targets = (None if teacher_scores is None else
-               distillation_targets(y_train, teacher_scores, cfg.distill.weight, cfg.distill.temperature))
-    if cfg.max_train_samples:
-        x_train, y_train = x_train[: cfg.max_train_samples], y_train[: cfg.max_train_samples]
-        targets = None if targets is None else targets[: cfg.max_train_samples]
     checkpoint.mkdir(parents=True, exist_ok=True)
     csv_log = checkpoint / "history.csv"
     steps = math.ceil(len(x_train) / cfg.batch_size)
@@ -120,17 +147,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
             log({k: v for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
     spent = resumed[-1].get("train_s", 0.0) if resumed else 0.0
     progress = EpochLog(cfg.epochs, len(x_train), cfg.batch_size, spent, log)
-    # In this order at each epoch's end: EpochLog adds the training seconds so far to the logs, the CSV
-    # records them, and only then the backup is taken. A kill between the two leaves a CSV row ahead
-    # of the backup (the epoch reruns and its last row wins), never a backup ahead of the CSV.
-    callbacks = [progress, keras.callbacks.CSVLogger(str(csv_log), append=True),
-                 keras.callbacks.BackupAndRestore(str(checkpoint / "backup"), double_checkpoint=True)]
-    if cfg.time_budget_min:
-        callbacks.append(TimeBudget(lr_schedule(cfg, steps), cfg.epochs * steps, cfg.time_budget_min, spent))
-        print(f"[train] time budget {cfg.time_budget_min:g} min ({spent / 60:.1f} spent): at most {cfg.epochs} "
-              "epochs, the learning-rate schedule paced to end on time")
-    if cfg.early_stopping_patience or cfg.keep_best:
-        callbacks.append(early_stopping(cfg))
+    callbacks = callbacks_for(cfg, progress, checkpoint, steps, spent)
     start = time.perf_counter()
     with SignalsAtSafePoints() as safe_points:  # last: an epoch's history and backup are complete first
         model.fit(make_dataset(x_train, y_train, cfg, training=True, targets=targets), epochs=cfg.epochs, verbose=0,
@@ -142,16 +159,17 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     history = read_history(csv_log)
     scores = model.predict(x_val[..., None].astype(np.float32), batch_size=256, verbose=0)
     metrics = {
-        "val_accuracy": float((scores.argmax(axis=1) == y_val).mean()),
-        "val_loss": float(keras.losses.categorical_crossentropy(tf.one_hot(y_val, len(CLASSES)), scores)
+        "val/accuracy": float((scores.argmax(axis=1) == y_val).mean()),
+        "val/loss": float(keras.losses.categorical_crossentropy(tf.one_hot(y_val, len(CLASSES)), scores)
                           .numpy().mean()),
-        "best_val_accuracy": max(r.get("val_accuracy", 0.0) for r in history),
-        "epochs": len(history), "params": int(model.count_params()), "macs": macs, "seconds": seconds,
-        "images_per_s": float(np.median(progress.images_per_s)) if progress.images_per_s else 0.0,
-        "precision": precision, "onednn": onednn_enabled(),
+        "val/best_epoch_accuracy": max(r.get("val_accuracy", 0.0) for r in history),
+        "train/epochs": len(history), "train/minutes": seconds / 60,
+        "train/images_per_s": float(np.median(progress.images_per_s)) if progress.images_per_s else 0.0,
+        "model/params": int(model.count_params()), "model/macs_per_view": macs,
     }
-    print(f"[train] val accuracy {metrics['val_accuracy']:.4f} after {len(history)} epochs in {seconds:.0f}s")
-    return TrainResult(model, history, metrics)
+    how = {"train.precision": precision, "train.onednn": str(onednn_enabled()).lower()}
+    print(f"[train] val accuracy {metrics['val/accuracy']:.4f} after {len(history)} epochs in {seconds:.0f}s")
+    return TrainResult(model, history, metrics, how)
 
 
 def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str) -> np.ndarray:
@@ -185,10 +203,9 @@ def write_outputs(result: TrainResult) -> None:
     write_json(artifacts.TRAIN_METRICS, result.metrics)
 
 
-def log(metrics: dict[str, float]) -> None:
-    # all prefixed: an unprefixed `val_accuracy` at step 0 would hide behind the per-epoch curve's last value
-    mlflow.log_metrics({f"train_{k}": v for k, v in metrics.items() if not isinstance(v, str | bool)})
-    mlflow.set_tags({"train.precision": metrics["precision"], "train.onednn": str(metrics["onednn"]).lower()})
+def log(result: TrainResult) -> None:
+    mlflow.log_metrics(result.metrics)
+    mlflow.set_tags(result.how)
     for path, folder in ((artifacts.KERAS_MODEL, "train"), (artifacts.TRAIN_CURVES, "plots"),
                          (artifacts.TRAIN_HISTORY, "train")):
         mlflow.log_artifact(str(path), folder)
@@ -204,12 +221,10 @@ def main() -> None:
     teachers = teacher_scores(distill.teachers, fitted, tracking.tracking_uri(params.mlflow)) if distill.teachers \
         else None
     try:
-        with tracking.stage_run("train", params, upstream="prepare") as run:
-            if not run.continued:
-                tracking.log_prepared(report)
+        with tracking.stage_run("train", params, upstream="prepare"):
             result = train(params.model, params.train, *splits, checkpoint, tracking.log_step_metrics, teachers)
             write_outputs(result)
-            log(result.metrics)
+            log(result)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: where it stopped and how to go on, in one line
         done = read_history(checkpoint / "history.csv")
         print(f"[train] interrupted after epoch {done[-1]['epoch'] if done else 0} of {params.train.epochs}; "

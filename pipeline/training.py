@@ -35,6 +35,38 @@ def resolve_precision(precision: str, cpu_flags: set[str]) -> str:
     return "mixed_bfloat16" if cpu_flags & BF16_FLAGS else "float32"
 
 
+class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """tf.distribute.MultiWorkerMirroredStrategy with a `reduce` that Keras 3's `fit` can call
+    (keras-team/keras#20585; without it `fit` fails before its first step):
+
+    - `fit` reduces its first (x, y) batch in one call to learn the shapes to build with, and this strategy
+      takes one value per call ("Attempt to convert a value (PerReplica...)"): a nest is reduced value by value,
+      in the same order on every worker, as MirroredStrategy does;
+    - each step's loss and metrics are reduced "along axis 0", which a scalar does not have ("Invalid reduction
+      dimension 0 for input with 0 dimensions"): a scalar is averaged across the replicas as it is.
+    """
+
+    def reduce(self, reduce_op: tf.distribute.ReduceOp | str, value: object, axis: int | None) -> object:
+        reduce_one = super().reduce
+
+        def one(v: object) -> object:
+            scalar = axis is not None and self.experimental_local_results(v)[0].shape.rank == 0
+            return reduce_one(reduce_op, v, None if scalar else axis)
+
+        return tf.nest.map_structure(one, value)
+
+
+def worker_checkpoint(checkpoint: Path, strategy: tf.distribute.Strategy) -> Path:
+    """This process's checkpoint folder: `checkpoint` itself for the chief (and any single-process run); for the
+    other workers of a multi-worker cluster a `worker<i>` folder inside it, so that no two processes write the
+    same history or backup files when the folder is shared (TensorFlow's multi-worker guide: only the chief
+    writes to the real path). Each worker resumes from its own copy, which the all-reduced steps keep equal to
+    the chief's."""
+    if strategy.extended.should_checkpoint:
+        return checkpoint
+    return checkpoint / f"worker{strategy.cluster_resolver.task_id}"
+
+
 def augmenter(cfg: TrainConfig) -> keras.Sequential:
     """Batch-level random augmentation from config; every factor 0 leaves the layer out.
 
@@ -135,9 +167,27 @@ def optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimi
     return keras.optimizers.Adam(lr)
 
 
+def synchronize_batch_norm(model: keras.Model) -> None:
+    """Under a strategy with several replicas (call this in its scope), BatchNormalization normalises each step
+    with the statistics of the global batch, all-reduced, instead of each replica's share of it.
+
+    Keras 3 keeps the moving mean and variance per replica (updated from the replica's own batches, never
+    reconciled), so the replicas drifted apart and the saved model carried replica 0's statistics, from a
+    fraction of the data. Synchronised, every replica makes the same update and keeps the same copy, like the
+    trainable weights, and N replicas train the network one device would with the same global batch. The cost
+    is three small all-reduces per BatchNormalization layer and step. One replica: left as it is.
+    """
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        for layer in model._flatten_layers():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+
+
 def compile_for_training(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) -> None:
-    """Optimizer, label-smoothed loss and accuracy as training uses them; the benchmarks that time or probe
-    training call this too, so they measure the stage's own setup."""
+    """Optimizer, label-smoothed loss and accuracy as training uses them (and, under several replicas,
+    synchronised BatchNormalization); the benchmarks that time or probe training call this too, so they measure
+    the stage's own setup."""
+    synchronize_batch_norm(model)
     model.compile(optimizer=optimizer(cfg, steps_per_epoch),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), metrics=["accuracy"])
 
@@ -171,7 +221,7 @@ class TimeBudget(keras.callbacks.Callback):
         if isinstance(self.schedule, float):
             return
         by_time = (self.clock() - self._start) / self.budget_s * self.total_steps
-        step = min(max(float(self.model.optimizer.iterations), by_time), self.total_steps)
+        step = min(max(self._steps_done(), by_time), self.total_steps)
         self.model.optimizer.learning_rate.assign(float(self.schedule(step)))
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
@@ -181,7 +231,11 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.clock() - self._start >= self.budget_s:
             print(f"[train] time budget of {self.budget_s / 60:g} min spent after "
-                  f"{int(self.model.optimizer.iterations)} of {self.total_steps} steps", flush=True)
+                  f"{self._steps_done()} of {self.total_steps} steps", flush=True)
+
+    def _steps_done(self) -> int:
+        # through NumPy: under a tf.distribute strategy the counter is a MirroredVariable, which float() refuses
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -269,7 +323,7 @@ def float32_copy(model: keras.Model, cfg: ModelConfig) -> keras.Model:
 
 
 def write_history(history: list[dict[str, float]], path: Path) -> None:
-    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
+    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_s", "train_s"]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=[k for k in keys if k in history[0]], extrasaction="ignore")
         writer.writeheader()

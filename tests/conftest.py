@@ -34,9 +34,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 90.0) -> None:
+def wait_http(url: str, timeout: float = 90.0, process: subprocess.Popen | None = None) -> None:
+    """Until `url` answers 200; TimeoutError after `timeout`, or as soon as `process` (the server) has exited."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -59,18 +60,25 @@ class Server:
         self.process.wait(timeout=30)
 
 
-def start_mlflow_server(root: Path) -> Server:
+def start_mlflow_server(root: Path, backend_store_uri: str | None = None, artifacts: Path | None = None) -> Server:
+    """`mlflow server` on 127.0.0.1 serving artifacts itself; its store is `root`/mlflow.db unless given."""
     port = free_port()
     log = (root / "server.log").open("w")
     process = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+         "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(artifacts or root / "art"), "--serve-artifacts"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+        # its GenAI job runner (a huey consumer pool) serves nothing here and costs seconds of CPU at start
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{uri}/health")
-    except TimeoutError:
-        os.killpg(process.pid, signal.SIGKILL)
+        wait_http(f"{uri}/health", timeout=180, process=process)
+    except BaseException as e:  # did not start, or the test was interrupted meanwhile: never leave it running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        if isinstance(e, TimeoutError):
+            raise TimeoutError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}") from None
         raise
     return Server(uri, process, root)
 
@@ -120,9 +128,50 @@ def make_project_copy(dest: Path, env: dict[str, str], overrides: list[str]) -> 
     run([*git, "commit", "-qm", "test copy"], dest, env)
 
 
+def run_queue(work: Path, env: dict[str, str], log: Path, jobs: int = 2, timeout: float = 900) -> str:
+    """`dvc queue start -j <jobs>`, then wait until nothing is queued or running; `dvc queue status` at the end.
+
+    The queue's workers inherit the starter's stdout: a log file, not a pipe, lets `start` return at once.
+    Each `dvc queue status` costs about 2 s of CPU, which the experiments need on a 2-core machine, so the
+    wait watches the result files DVC's task queue writes when a task ends (one per task), and asks
+    `dvc queue status` once they are all there, or once a minute should that layout ever change.
+    """
+    tasks = run(["dvc", "queue", "status"], work, env).stdout.count("Queued")
+    with open(log, "w") as out:
+        subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=work, env=env, stdout=out,
+                       stderr=subprocess.STDOUT, check=True, timeout=120)
+    results = work / ".dvc" / "tmp" / "exps" / "celery" / "result"
+    deadline, status, asked = time.monotonic() + timeout, "", time.monotonic()
+    try:
+        while True:
+            ended = len(list(results.glob("celery-task-meta-*"))) if results.is_dir() else 0
+            if ended >= tasks or time.monotonic() - asked > 60 or time.monotonic() > deadline:
+                status, asked = run(["dvc", "queue", "status"], work, env).stdout, time.monotonic()
+                if ("Running" not in status and "Queued" not in status) or time.monotonic() > deadline:
+                    return status
+            time.sleep(2 if ended < tasks else 5)
+    finally:  # timed out or failed: end this copy's workers and their experiments, never leave them running
+        if "Running" in status or "Queued" in status or not status:
+            subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=work, env=env, capture_output=True, timeout=120)
+
+
+def wait_for_epochs(work: Path, n: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    """Until the training running in `work` has finished `n` epochs (its checkpoint's history.csv says so)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = list((work / "models" / "checkpoints").glob("*/history.csv"))
+        if logs and len(logs[0].read_text().strip().splitlines()) - 1 >= n:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"train ended early: {process.communicate()}")
+        time.sleep(0.05)
+    raise TimeoutError(f"no {n} epochs within {timeout}s")
+
+
 def project_env(tracking_uri: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MLFLOW_TRACKING_URI=tracking_uri,
+               DVC_NO_ANALYTICS="1",  # no analytics daemon after every dvc command: CPU the tests need
                GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@localhost", GIT_COMMITTER_NAME="test",
                GIT_COMMITTER_EMAIL="test@localhost")
     return env

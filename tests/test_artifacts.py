@@ -14,10 +14,10 @@ from pipeline import artifacts
 REPO = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 STAGES = DVC["stages"]
-# Imported by stages but shaping none of their outputs: where a run is logged (tracking), the entry-point
-# wrapper (--help, Ctrl-C) and the lazy names of the runner's package (its __init__ has no module-level
-# imports). What only they import is not followed either.
-NOT_SHAPING = {"pipeline/tracking.py", "pipeline/cli.py", "pipeline/inference/__init__.py"}
+# Imported by stages but shaping none of their outputs: where a run is logged and what it says (tracking,
+# record), the entry-point wrapper (--help, Ctrl-C) and the lazy names of the runner's package (its __init__
+# has no module-level imports). What only they import is not followed either.
+NOT_SHAPING = {"pipeline/tracking.py", "pipeline/record.py", "pipeline/cli.py", "pipeline/inference/__init__.py"}
 # Code a stage reads as a file rather than imports: the pyfunc that quantize logs into each registered model.
 READ_AS_FILES = {"quantize": {"pipeline/inference/serving.py"}}
 
@@ -42,6 +42,19 @@ def test_top_level_charts_draw_only_declared_outputs() -> None:
     for chart in DVC["plots"]:
         (definition,) = chart.values()
         assert set(definition["y"]) <= outs  # plot data are plain outputs, drawn once, here
+
+
+def test_the_record_module_knows_the_stage_graph() -> None:
+    """A new run restores the records of the stages upstream of it: record.UPSTREAM must be dvc.yaml's graph."""
+    from pipeline import record
+
+    outs = {s: declared(s, "outs") | declared(s, "metrics") | declared(s, "plots") for s in STAGES}
+    direct = {s: {u for u in STAGES if u != s and declared(s, "deps") & outs[u]} for s in STAGES}
+
+    def closure(stage: str) -> set[str]:
+        return set().union(*({u} | closure(u) for u in direct[stage])) if direct[stage] else set()
+
+    assert {s: set(u) for s, u in record.UPSTREAM.items()} == {s: closure(s) for s in STAGES}
 
 
 def _module_file(name: str) -> Path | None:

@@ -4,6 +4,7 @@ parallel experiments. What the user sees (one line), and what is kept (nothing h
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,18 @@ from omegaconf import OmegaConf
 
 from pipeline.files import atomic_path, write_json
 
-from .conftest import Repro, free_port, make_project_copy, project_env, run, stage, stage_dir, start_mlflow_server
+from .conftest import (
+    Repro,
+    free_port,
+    make_project_copy,
+    project_env,
+    run,
+    run_queue,
+    stage,
+    stage_dir,
+    start_mlflow_server,
+    wait_for_epochs,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -66,19 +78,38 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == [target]
 
 
+# ---------------------------------------------------------------- the tracking store
+def _truncated_store(db: Path) -> bytes:
+    """A real MLflow store cut to a third of its size (a full disk, a copy that stopped half-way)."""
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()  # creates the store and its tables
+    data = db.read_bytes()
+    db.unlink()
+    return data[: len(data) // 3]
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda db: b"", "the MLflow store is empty (0 bytes)"),
+    (lambda db: b"PK\x03\x04" + bytes(range(256)) * 64, "not an SQLite file"),
+    (_truncated_store, "not a usable MLflow store"),
+], ids=["0-byte", "garbage", "truncated"])
+def test_a_broken_default_store_is_one_line_naming_it_and_is_never_touched(tmp_path: Path, make, says: str) -> None:
+    work, env = stage_dir(tmp_path, TINY)
+    env.pop("MLFLOW_TRACKING_URI")  # the default store, sqlite:///<repo>/mlflow.db, as a user has it
+    db = work / "mlflow.db"
+    db.write_bytes(content := make(db))
+    before = {p.name for p in work.iterdir()}
+    result = stage("prepare", work, env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [last_line(result)], result.stderr[-3000:]
+    assert str(db) in errors[0] and says in errors[0]
+    assert "restore it from a backup" in errors[0]  # how to recover, in the same line
+    assert db.read_bytes() == content  # never replaced by a fresh, empty store
+    assert {p.name for p in work.iterdir()} == before  # no data, no run record, no artifacts
+
+
 # ---------------------------------------------------------------- interruption
-def _wait_for_epochs(work: Path, n: int, process: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        logs = list((work / "models" / "checkpoints").glob("*/history.csv"))
-        if logs and len(logs[0].read_text().strip().splitlines()) - 1 >= n:
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"train ended early: {process.communicate()}")
-        time.sleep(0.05)
-    raise TimeoutError(f"no {n} epochs within {timeout}s")
-
-
 def _run_status(work: Path, env: dict, run_id: str) -> str:
     return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(run_id).info.status
 
@@ -92,7 +123,7 @@ def test_killed_training_resumes_and_finishes_with_the_same_epochs(tmp_path: Pat
     # SIGINT (Ctrl-C) after the first epoch: the run ends KILLED, no model is written
     train = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=work, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    _wait_for_epochs(work, 1, train)
+    wait_for_epochs(work, 1, train)
     assert train.poll() is None, "training finished before it could be interrupted"
     train.send_signal(signal.SIGINT)
     train.communicate(timeout=120)
@@ -103,7 +134,7 @@ def test_killed_training_resumes_and_finishes_with_the_same_epochs(tmp_path: Pat
     # SIGKILL after a further epoch: nothing can end the run, so the next start marks it KILLED
     train = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=work, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    _wait_for_epochs(work, 3, train)
+    wait_for_epochs(work, 3, train)
     train.kill()
     train.communicate(timeout=60)
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -118,11 +149,33 @@ def test_killed_training_resumes_and_finishes_with_the_same_epochs(tmp_path: Pat
     assert "resuming after epoch" in final.stdout
     assert _run_status(work, env, killed_run[0].info.run_id) == "KILLED"
     metrics = json.loads((work / "metrics/train.json").read_text())
-    assert metrics["epochs"] == 6
+    assert metrics["train/epochs"] == 6
     history = (work / "plots/train/history.csv").read_text().strip().splitlines()
     assert [int(line.split(",")[0]) for line in history[1:]] == [1, 2, 3, 4, 5, 6]
     assert (work / "models/model.keras").exists()
     assert not list((work / "models/checkpoints").iterdir())  # finished: nothing left to resume
+
+
+def test_sigterm_during_training_is_one_line_saying_where_it_stopped_and_how_to_resume(tmp_path: Path) -> None:
+    work, env = stage_dir(tmp_path, [*TINY, "train.epochs=6", "train.batch_size=16"])
+    assert stage("prepare", work, env).returncode == 0
+    train = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=work, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    wait_for_epochs(work, 1, train)
+    assert train.poll() is None, "training finished before it could be interrupted"
+    train.send_signal(signal.SIGTERM)  # what `kill`, systemd or a CI timeout sends
+    _, err = train.communicate(timeout=120)
+    assert train.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    line = err.strip().splitlines()[-1]
+    match = re.fullmatch(r"\[train\] interrupted after epoch (\d+) of 6; the same command resumes from (\S+)", line)
+    assert match, err[-3000:]
+    assert err.count("interrupted") == 1
+    checkpoint = work / match[2]
+    history = (checkpoint / "history.csv").read_text().strip().splitlines()
+    assert int(match[1]) == len(history) - 1 >= 1  # the epoch it names is the last one the checkpoint holds
+    assert (checkpoint / "backup").is_dir()
+    assert not (work / "models/model.keras").exists()
 
 
 def test_a_checkpoint_made_with_other_params_is_not_resumed(tmp_path: Path) -> None:
@@ -157,7 +210,7 @@ def test_server_going_away_mid_training_fails_cleanly(tmp_path: Path) -> None:
         assert stage("prepare", work, env).returncode == 0
         train = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=work, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for_epochs(work, 1, train)
+        wait_for_epochs(work, 1, train)
     finally:
         server.stop(signal.SIGKILL)
     gone = time.monotonic()
@@ -189,7 +242,7 @@ def test_same_seed_gives_identical_arrays_and_deterministic_training_identical_m
         result = stage("train", work, env)
         assert result.returncode == 0, result.stderr
         metrics = json.loads((work / "metrics/train.json").read_text())
-        results.append((arrays, {k: metrics[k] for k in ("val_accuracy", "val_loss", "best_val_accuracy")}))
+        results.append((arrays, {k: metrics[k] for k in ("val/accuracy", "val/loss", "val/best_epoch_accuracy")}))
     assert results[0][0] == results[1][0]
     assert results[0][1] == results[1][1]
 
@@ -199,18 +252,10 @@ def test_two_queued_experiments_in_parallel_against_a_server(tmp_path: Path, mlf
     work = tmp_path / "repo"
     env = project_env(mlflow_server.uri)
     make_project_copy(work, env, TINY)
-    run(["dvc", "exp", "run", "--queue", "-n", "q-one", "-S", "train.epochs=1"], work, env)
-    run(["dvc", "exp", "run", "--queue", "-n", "q-three", "-S", "train.epochs=3"], work, env)
-    # The queue's workers inherit the starter's stdout: a log file, not a pipe, lets `start` return at once.
-    with open(tmp_path / "queue.log", "w") as log:
-        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
-                       check=True, timeout=120)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], work, env).stdout
-        if "Running" not in status and "Queued" not in status:
-            break
-        time.sleep(3)
+    # `-S` recomposes params.yaml from conf/ (DVC's Hydra support): the preset goes along each time
+    run(["dvc", "exp", "run", "--queue", "-n", "q-one", "-S", "experiment=tiny", "-S", "train.epochs=1"], work, env)
+    run(["dvc", "exp", "run", "--queue", "-n", "q-three", "-S", "experiment=tiny", "-S", "train.epochs=3"], work, env)
+    status = run_queue(work, env, tmp_path / "queue.log")
     assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", "q-one"], work, env).stdout
 
     # `-S` went through Hydra into each experiment's params, and `dvc exp show` lists accuracy and latency
@@ -219,8 +264,8 @@ def test_two_queued_experiments_in_parallel_against_a_server(tmp_path: Path, mlf
     for name, epochs in (("q-one", 1), ("q-three", 3)):
         data = revs[name]["data"]
         assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == epochs
-        assert "accuracy" in data["metrics"]["metrics/evaluate.json"]["data"]
-        assert "registered_latency_ms_t1" in data["metrics"]["metrics/benchmark.json"]["data"]
+        assert "test/accuracy" in data["metrics"]["metrics/evaluate.json"]["data"]
+        assert "latency/ms_per_face" in data["metrics"]["metrics/benchmark.json"]["data"]
 
     client = mlflow.MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("fer-expression").experiment_id
@@ -235,7 +280,7 @@ def test_two_queued_experiments_in_parallel_against_a_server(tmp_path: Path, mlf
     versions = {r.data.tags["registered_version"] for r in runs.values()}
     assert len(versions) == 2
     # the champion is the best version scored on this test split (the repro fixture's included)
-    digest = json.loads((repro.path / "metrics/evaluate.json").read_text())["test_digest"]
+    digest = json.loads((repro.path / "metrics/details/evaluate.json").read_text())["test_digest"]
     same_split = [v for v in client.search_model_versions("name='fer-expression-synthetic'")
                   if v.tags.get("test_digest") == digest and "test_accuracy" in v.tags]
     best = max(float(v.tags["test_accuracy"]) for v in same_split)

@@ -34,7 +34,13 @@ def test_version_tags_match_the_run_and_the_data(repro: Repro, mlflow_server) ->
     assert version.tags["train_digest"] == report["digests"]["train"]
     assert version.tags["test_digest"] == report["digests"]["test"]
     assert version.tags["tflite_sha256"] == sha256_of(repro.path / "models/tflite/int8.tflite")
-    assert float(version.tags["test_accuracy"]) == evaluate["accuracy"]
+    assert float(version.tags["test_accuracy"]) == evaluate["test/accuracy"]
+    # the version says how fast, how big, and why it is (or is not) champion, in its tags and description
+    bench = json.loads((repro.path / "metrics/benchmark.json").read_text())
+    assert float(version.tags["latency_ms_per_face"]) == pytest.approx(bench["latency/ms_per_face"], abs=1e-4)
+    assert float(version.tags["size_kib"]) == pytest.approx(bench["size/kib"], abs=0.1)
+    assert version.tags["promotion"] == "champion" and version.tags["promotion_reason"]
+    assert version.tags["promotion_reason"] in version.description and "ms per face" in version.description
     assert len(version.tags["git_commit"]) == 40 and version.tags["git_dirty"] == "false"
     assert version.tags["dvc_data_md5"]  # the generator module's hash from dvc.lock
     inputs = client.get_run(run_id).inputs.dataset_inputs
@@ -48,7 +54,7 @@ def test_lineage_prints_commit_config_data_metrics_and_rebuild(repro: Repro) -> 
     commit = run(["git", "rev-parse", "HEAD"], repro.path, repro.env).stdout.strip()
     assert f"commit    {commit}" in out and "DIRTY" not in out
     assert "train.epochs: 12 -> 6" in out  # the tiny preset, as a diff against conf/ defaults
-    assert "test_accuracy" in out
+    assert "test/accuracy" in out
     assert f"rebuild   git checkout {commit} && make venv && . .venv/bin/activate && dvc exp run" in out
 
 
@@ -61,15 +67,15 @@ def test_rebuild_command_reproduces_the_metrics_exactly(repro: Repro, mlflow_ser
     run(["git", "checkout", "-q", info["commit"]], clone, env)
     run(["dvc", "exp", "run", *[a for o in info["rebuild"]["overrides"] for a in ("-S", o)]], clone, env,
         timeout=900)
-    original = json.loads((repro.path / "metrics/evaluate.json").read_text())
-    rebuilt = json.loads((clone / "metrics/evaluate.json").read_text())
+    original = json.loads((repro.path / "metrics/details/evaluate.json").read_text())
+    rebuilt = json.loads((clone / "metrics/details/evaluate.json").read_text())
     for name, metrics in original["models"].items():
         assert rebuilt["models"][name]["accuracy"] == metrics["accuracy"], name
         assert rebuilt["models"][name]["macro_f1"] == metrics["macro_f1"], name
         assert rebuilt["models"][name]["confusion"] == metrics["confusion"], name
     train_a = json.loads((repro.path / "metrics/train.json").read_text())
     train_b = json.loads((clone / "metrics/train.json").read_text())
-    assert train_a["val_loss"] == train_b["val_loss"]
+    assert train_a["val/loss"] == train_b["val/loss"]
 
 
 def test_a_dirty_tree_is_flagged_on_the_run(repro: Repro, tmp_path: Path) -> None:

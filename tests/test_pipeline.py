@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from pipeline.inference.classifier import TFLiteClassifier
+from pipeline.inference.contract import CLASSES
 from pipeline.inference.registry import download_registered
+from pipeline.metrics import HEADLINE, HEADLINE_NAMES, recall
 from pipeline.prepared import load_split
 
 from .conftest import Repro, free_port, run, wait_http
@@ -43,23 +45,29 @@ def test_every_declared_output_exists(repro: Repro) -> None:
         assert (repro.path / f"models/tflite/{variant}.tflite").stat().st_size > 0
 
 
-def test_metrics_have_their_keys(repro: Repro) -> None:
-    train = json.loads((repro.path / "metrics/train.json").read_text())
-    assert {"val_accuracy", "epochs", "params", "macs", "images_per_s"} <= set(train)
-    assert train["epochs"] == 6
-    bench = json.loads((repro.path / "metrics/benchmark.json").read_text())
-    assert {"latency", "size_bytes", "macs_per_face", "peak_gmacs", "share_of_peak_t1",
-            "frame_end_to_end_ms", "machine"} <= set(bench)
-    assert {"keras_call", "keras_predict", "int8_t1", "float32_t1", "frame_end_to_end"} <= set(bench["latency"])
-    evaluate = json.loads((repro.path / "metrics/evaluate.json").read_text())
-    assert {"accuracy", "macro_f1", "models", "promotion", "protocol", "baseline_logreg_accuracy"} <= set(evaluate)
+def test_metrics_files_are_flat_and_named_by_the_scheme(repro: Repro) -> None:
+    files = {stage: json.loads((repro.path / f"metrics/{stage}.json").read_text())
+             for stage in ("train", "benchmark", "evaluate")}
+    for stage, metrics in files.items():  # one flat mapping of numbers per file, every name `<area>/<what>`
+        assert metrics and all(isinstance(v, int | float) and "/" in k for k, v in metrics.items()), stage
+    train, bench, evaluate = files["train"], files["benchmark"], files["evaluate"]
+    assert train["train/epochs"] == 6 and train["model/macs_per_view"] > 0 and train["train/images_per_s"] > 0
+    assert 0 < bench["latency/ms_per_face"] < bench["latency/frame_ms"] and bench["size/kib"] > 0
+    assert {recall(c) for c in CLASSES} <= set(evaluate)
+    assert {"test/keras_accuracy", "test/float32_accuracy", "test/float16_accuracy", "test/dynamic_accuracy"} \
+        <= set(evaluate) and "test/int8_accuracy" not in evaluate  # the registered variant has the plain name
+    assert set(HEADLINE_NAMES) <= set(train) | set(bench) | set(evaluate)
+    details = json.loads((repro.path / "metrics/details/evaluate.json").read_text())
     for variant in ("keras", "float32", "float16", "dynamic", "int8"):
-        m = evaluate["models"][variant]
+        m = details["models"][variant]
         assert {"accuracy", "macro_f1", "per_class", "confusion", "agreement_with_keras"} <= set(m)
-        assert np.array(m["confusion"]).sum() == evaluate["test_size"]
+        assert np.array(m["confusion"]).sum() == details["test_size"] == evaluate["test/faces"]
+    assert details["models"]["int8"]["accuracy"] == evaluate["test/accuracy"]
+    assert {"int8_t1", "float32_t1", "frame_end_to_end"} <= set(
+        json.loads((repro.path / "metrics/details/benchmark.json").read_text())["latency"])
     # the tiny preset learns: above the raw-pixel floor, so its version is promoted on a fresh store
-    assert evaluate["promotion_floor"] == evaluate["baseline_logreg_accuracy"] < evaluate["accuracy"]
-    assert evaluate["promotion"]["promoted"] is True
+    assert evaluate["test/promotion_floor"] == evaluate["baseline/accuracy"] < evaluate["test/accuracy"]
+    assert details["promotion"]["promoted"] is True
 
 
 def test_one_mlflow_run_holds_every_stage(repro: Repro, mlflow_server) -> None:
@@ -70,11 +78,16 @@ def test_one_mlflow_run_holds_every_stage(repro: Repro, mlflow_server) -> None:
     assert all(run_.data.tags.get(f"pipeline.stage.{s}") == "done"
                for s in ("prepare", "train", "quantize", "benchmark", "evaluate"))
     assert run_.data.params["model.name"] == "convnet"
-    assert {"test_accuracy", "latency_ms", "size_kb_int8", "val_accuracy"} <= set(run_.data.metrics)
-    assert len(client.get_metric_history(run_.info.run_id, "val_accuracy")) >= 2  # a curve, per epoch
-    # the exported model's own score, under its own name rather than as a stray point of that curve
-    train = json.loads((repro.path / "metrics/train.json").read_text())
-    assert run_.data.metrics["train_val_accuracy"] == train["val_accuracy"]
+    # the same names and values as DVC's metrics files, and nothing else but the curves and data sizes
+    files = {}
+    for stage in ("train", "benchmark", "evaluate"):
+        files |= json.loads((repro.path / f"metrics/{stage}.json").read_text())
+    assert {k: run_.data.metrics[k] for k in files} == pytest.approx(files)
+    assert all(k in files or k.startswith(("epoch/", "data/")) for k in run_.data.metrics)
+    assert len(client.get_metric_history(run_.info.run_id, "epoch/val_accuracy")) >= 2  # a curve, per epoch
+    note = run_.data.tags["mlflow.note.content"]  # the run page opens on its headline table
+    assert f"| {HEADLINE[0].label} | {HEADLINE[0].show(files['test/accuracy'])} |" in note
+    assert "experiment=tiny" not in note and "train.epochs=6" in note  # what differs from the defaults
     assert len(run_.data.tags["mlflow.source.git.commit"]) == 40
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
     assert {"plots", "tflite", "train"} <= artifacts
@@ -87,7 +100,7 @@ def test_registered_champion_reproduces_the_reported_accuracy(repro: Repro, mlfl
     assert model.version == registered["version"]
     x, y = load_split(repro.path / "data/prepared/test.npz")
     accuracy = float((TFLiteClassifier(model.tflite, model.labels).predict(x).argmax(1) == y).mean())
-    reported = json.loads((repro.path / "metrics/evaluate.json").read_text())["accuracy"]
+    reported = json.loads((repro.path / "metrics/evaluate.json").read_text())["test/accuracy"]
     assert accuracy == reported
 
 
@@ -134,7 +147,8 @@ def test_release_writes_the_registered_model_its_labels_and_card(repro: Repro, m
     from pipeline.release import release
 
     registered = json.loads((repro.path / "models/registered.json").read_text())
-    evaluate = json.loads((repro.path / "metrics/evaluate.json").read_text())
+    evaluate = json.loads((repro.path / "metrics/details/evaluate.json").read_text())
+    evaluate["accuracy"] = evaluate["models"]["int8"]["accuracy"]
     card = release(f"models:/{registered['name']}/{registered['version']}", mlflow_server.uri, tmp_path / "rel")
     assert sha256_of(tmp_path / "rel" / "model.tflite") == registered["tflite_sha256"] == card["sha256"]
     assert card["test"]["accuracy"] == evaluate["accuracy"] and set(card["test"]["recall"]) == set(

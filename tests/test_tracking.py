@@ -49,6 +49,8 @@ def test_stages_of_one_execution_share_a_run(params) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.tags["pipeline.stage.prepare"] == run.data.tags["pipeline.stage.train"] == "done"
     assert run.data.params["train.epochs"] == str(params.train.epochs)
+    # every data source's keys, so runs on other sources compare on the same param columns
+    assert run.data.params["data.n_train"] == str(params.data.n_train) and run.data.params["data.min_side"] == "n/a"
     assert json.loads(Path("runs/train.json").read_text())["run_id"] == first.run_id
 
 

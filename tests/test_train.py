@@ -42,9 +42,10 @@ def test_train_returns_the_model_its_history_and_val_metrics(splits, tmp_path: P
     assert {"loss", "accuracy", "val_accuracy", "lr", "images_per_s", "train_s"} <= set(logged[-1][0])
     x_val, y_val = splits[1]
     scores = result.model.predict(x_val[..., None].astype(np.float32), verbose=0)
-    assert result.metrics["val_accuracy"] == float((scores.argmax(1) == y_val).mean())
-    assert result.metrics["epochs"] == 2 and result.metrics["macs"] > 0 and result.metrics["seconds"] > 0
-    assert result.metrics["best_val_accuracy"] == max(r["val_accuracy"] for r in result.history)
+    assert result.metrics["val/accuracy"] == float((scores.argmax(1) == y_val).mean())
+    assert result.metrics["train/epochs"] == 2 and result.metrics["model/macs_per_view"] > 0
+    assert result.metrics["train/minutes"] > 0 and result.how["train.precision"] == "float32"
+    assert result.metrics["val/best_epoch_accuracy"] == max(r["val_accuracy"] for r in result.history)
 
 
 def test_an_interrupted_training_resumes_after_its_last_finished_epoch(splits, tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def test_the_gpu_preset_trains_a_few_steps_on_cpu(splits, tmp_path: Path) -> Non
                               "train.max_train_samples=64", "model.filters=[8,8,16,16]", "model.dense=16"]))
     assert (p.train.precision, p.train.distribute) == ("mixed_float16", "mirrored") and p.train.augment.mixup > 0
     result = train(p.model, p.train, *splits, tmp_path / "ckpt")
-    assert result.metrics["epochs"] == 1
+    assert result.metrics["train/epochs"] == 1
     assert {layer.compute_dtype for layer in result.model.layers} == {"float32"}
     scores = result.model.predict(np.full((2, 48, 48, 1), 128, np.float32), verbose=0)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-3)

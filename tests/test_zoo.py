@@ -25,10 +25,10 @@ def _finished_run(client: mlflow.MlflowClient, experiment: str, name: str, accur
                        "train.lr": "0.003", "train.weight_decay": "0.01", "train.class_weight": "sqrt",
                        "train.augment.erasing": "0.5", "train.time_budget_min": "115"}.items():
         client.log_param(rid, key, value)
-    for key, value in {"train_epochs": 140, "macs_per_face": 160.3e6, "train_seconds": 6900,
-                       "train_images_per_s": 530, "train_val_accuracy": 0.69, "test_accuracy_keras": accuracy,
-                       "test_accuracy_float32": accuracy, "test_accuracy_int8": accuracy, "test_macro_f1_int8": 0.66,
-                       "latency_ms_int8_t1": 0.9, "latency_ms_float32_t1": 0.8, "size_kb_int8": 1119}.items():
+    for key, value in {"train/epochs": 140, "compute/macs_per_face": 160.3e6, "train/minutes": 115,
+                       "train/images_per_s": 530, "val/accuracy": 0.69, "test/keras_accuracy": accuracy,
+                       "test/float32_accuracy": accuracy, "test/accuracy": accuracy, "test/macro_f1": 0.66,
+                       "latency/ms_per_face": 0.9, "latency_ms_float32_t1": 0.8, "size/kib": 1119}.items():
         client.log_metric(rid, key, value)
     client.set_terminated(rid)
     return rid

@@ -49,6 +49,11 @@ class Tag(StrEnum):
     dvc_data_md5 = "dvc_data_md5"
     test_accuracy = "test_accuracy"
     test_macro_f1 = "test_macro_f1"
+    latency_ms = "latency_ms_per_face"  # the benchmark's, 1 thread, on `benchmark_machine`
+    size_kib = "size_kib"
+    machine = "benchmark_machine"
+    promotion = "promotion"  # what evaluate decided: promoted to champion, or not
+    promotion_reason = "promotion_reason"
 
 
 def metric_tag(metric: str) -> Tag:

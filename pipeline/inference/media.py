@@ -9,6 +9,7 @@ much as detecting and classifying it, and a user's per-frame latency should not 
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import sys
@@ -131,6 +132,7 @@ class Sink(threading.Thread):
         self.size = (0, 0)
         self.write_ns: list[int] = []
         self.error: str | None = None
+        self.removed = False  # the video did not play at the end, so it was deleted
 
     def open(self, frame: np.ndarray) -> None:
         """Open the outputs on the first frame (its size sizes the video), so failures are one line up front."""
@@ -147,15 +149,20 @@ class Sink(threading.Thread):
 
     def run(self) -> None:
         while (item := self.queue.get()) is not None:
+            if self.error:  # the loop stops at its next frame (Outputs.log); drop what is still queued
+                continue
             start = time.perf_counter_ns()
             frame, name = item
             try:
                 if self.writer is not None:
                     same = (frame.shape[1], frame.shape[0]) == self.size  # a folder may mix image sizes
                     self.writer.write(frame if same else cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA))
-                if self.images and not cv2.imwrite(str(self.images / name), frame):
-                    raise OSError(f"cannot write {self.images / name}")
-            except Exception as e:  # any failure is reported at the end; a dead thread would block the loop
+                    if _no_space(self.video):  # VideoWriter drops what it cannot write without a word
+                        raise OSError(f"{self.video}: {os.strerror(errno.ENOSPC)}")
+                if self.images and not cv2.imwrite(str(self.images / name), frame):  # removes a cut file itself
+                    raise OSError(f"cannot write {self.images / name}"
+                                  + (f" ({os.strerror(errno.ENOSPC)})" if _no_space(str(self.images / name)) else ""))
+            except Exception as e:  # reported by the loop at its next frame; a dead thread would block it
                 self.error = self.error or (str(e).strip().splitlines() or [type(e).__name__])[0]
             self.write_ns.append(time.perf_counter_ns() - start)
 
@@ -165,11 +172,23 @@ class Sink(threading.Thread):
             self.join()
         if self.writer is not None:
             self.writer.release()
-            if _playable(self.partial):  # complete: only now does it take the real name
+            if _no_space(self.video):  # the container's index or trailer may not have fitted
+                self.error = self.error or f"{self.video}: {os.strerror(errno.ENOSPC)}"
+            if _playable(self.partial):  # it plays (up to where the disk filled): only now the real name
                 os.replace(self.partial, self.video)
             else:  # e.g. the disk filled up before the container's index was written
                 Path(self.partial).unlink(missing_ok=True)
-                self.error = self.error or f"{self.video}: the annotated video could not be finished; removed"
+                self.removed = True
+                self.error = self.error or f"{self.video}: the annotated video could not be finished"
+
+
+def _no_space(path: str) -> bool:
+    """Whether the filesystem holding `path` has no block left (a write to it has failed or will fail)."""
+    try:
+        st = os.statvfs(Path(path).parent)
+    except OSError:
+        return False
+    return st.f_blocks > 0 and st.f_bavail == 0
 
 
 def _playable(path: str) -> bool:

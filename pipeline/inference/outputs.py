@@ -87,6 +87,7 @@ class Outputs:
         self.error: str | None = None
         self.reader_gone = False
         self.sink_open = False
+        self.empty: list[str] = []  # outputs with nothing usable in them at the end: removed
         self.write_ns: list[int] = []
 
     @property
@@ -113,8 +114,13 @@ class Outputs:
                 self._open(self.cfg.json)
             table = self.cfg.csv or (str(_partial(self.cfg.parquet).with_suffix(".csv")) if self.cfg.parquet else None)
             if table:
-                self.csv = csv.writer(self._open(table))
+                fh = self._open(table)
+                self.csv = csv.writer(fh)
                 self.csv.writerow([*TABLE_COLUMNS, *self.labels])
+                try:  # now, so that a disk that is already full is reported before the first frame
+                    fh.flush()
+                except OSError as e:
+                    raise RunError(f"{table}: cannot write here ({e.strerror})") from None
         except BaseException:
             self._close_files()
             raise
@@ -122,6 +128,8 @@ class Outputs:
 
     def log(self, index: int, time_s: float, name: str, faces: list[Face], probs: np.ndarray) -> None:
         """Log one frame's results; OutputFailed when a file cannot take them (e.g. the disk is full)."""
+        if self.sink is not None and self.sink.error:  # the video or images failed: stop now, not at the end
+            raise OutputFailed
         path = ""
         try:
             if self.cfg.json:
@@ -154,15 +162,17 @@ class Outputs:
     def _close_files(self) -> None:
         for path, fh in self.files.items():
             try:
-                fh.close()
+                fh.close()  # closes the file even when its last flush fails
             except OSError as e:  # the buffer's last bytes did not fit either
                 self.error = self.error or f"{path}: {e.strerror or e}"
-                with contextlib.suppress(OSError):
-                    os.close(fh.fileno())
             partial = _partial(path)
             _cut_to_last_line(partial)
             with contextlib.suppress(OSError):
-                os.replace(partial, path)
+                if self.error and partial.stat().st_size == 0:  # nothing reached the disk: no empty file
+                    partial.unlink()
+                    self.empty.append(path)
+                else:
+                    os.replace(partial, path)
 
     def __exit__(self, *exc: object) -> None:
         if self.sink is not None:
@@ -170,6 +180,8 @@ class Outputs:
             self.write_ns = self.sink.write_ns
             if self.sink.error and not self.error:
                 self.error = self.sink.error
+            if self.sink.removed:
+                self.empty.append(str(self.cfg.video))
         self._close_files()
         if self.cfg.parquet:
             self._write_parquet()

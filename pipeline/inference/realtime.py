@@ -309,7 +309,8 @@ def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
         window.close()
     stats.skipped, stats.write_ns = source.skipped, out.write_ns
     if out.error:
-        raise RunError(f"{out.error} after {stats.frames} frames; the output written so far is kept")
+        removed = f"; removed {', '.join(out.empty)} (nothing usable in it)" if out.empty else ""
+        raise RunError(f"{out.error} after {stats.frames} frames; the output written so far is kept{removed}")
     if stats.frames == 0:
         raise RunError(f"{redact(cfg.source)}: opened, but no frame could be read")
     return stats
@@ -328,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our one-line errors replace its warnings
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # and FFmpeg's (read when FFmpeg is first used)
     try:
         cfg = load_config(argv)
     except ConfigError as e:

@@ -1,0 +1,175 @@
+"""What a run and a registered version say about themselves in MLflow: complete, described, linked.
+
+A run is one model's complete record even when DVC re-ran only part of the chain: a new run copies the
+metrics of every stage it did not run from that stage's recorded outputs (metrics files, the prepared
+report, the training curves), tags each such stage `pipeline.restored.<stage>` with the run that produced
+it, and so compares with any other run on the same columns. Its Markdown note (what the run page shows
+first) holds the headline table, the config that differs from `conf/`'s defaults and the plots. A
+registered version's description is rebuilt from its tags by whichever stage adds some.
+
+Nothing here shapes a DVC output: it reads the stages' files and writes only to MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from urllib.parse import quote
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from pipeline import artifacts
+from pipeline.inference.contract import Tag
+from pipeline.metrics import epoch_metrics, headline_table, numeric
+from pipeline.prepared import read_report
+
+NOTE = "mlflow.note.content"  # the run's description in `mlflow ui`
+PLOTS = {"train": [artifacts.TRAIN_CURVES], "benchmark": [artifacts.LATENCY_CHART],
+         "evaluate": [artifacts.CONFUSION_PNG, artifacts.SAMPLES_PNG]}
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Where a browser reaches the store: the server itself, or `mlflow ui`'s default address."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+
+
+def runs_table_link(base: str, experiment_id: str) -> str:
+    """The runs table in the training view: without `workflowType`, MLflow 3 opens on its GenAI overview
+    (the browser remembers the last view; the experiment's kind tag alone does not decide it)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def model_link(base: str, name: str, version: str | None = None) -> str:
+    return f"{base}/#/models/{quote(name)}" + (f"/versions/{version}" if version else "")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# The stage graph of dvc.yaml (a test holds the two together): whose outputs each stage reads
+UPSTREAM = {"prepare": (), "train": ("prepare",), "quantize": ("prepare", "train"),
+            "benchmark": ("prepare", "train", "quantize"), "evaluate": ("prepare", "train", "quantize")}
+SIBLINGS = {"benchmark": "evaluate", "evaluate": "benchmark"}  # both read quantize's outputs
+DETAILS = {"benchmark": artifacts.BENCHMARK_DETAILS, "evaluate": artifacts.EVALUATE_DETAILS}
+
+
+def _still_current(stage: str) -> bool:
+    """A sibling's record belongs to this model only if it measured the version quantize registered."""
+    registered = _read_json(artifacts.REGISTERED)
+    measured = _read_json(DETAILS[stage]).get("registered", {})
+    return bool(registered) and measured.get("version") == registered.get("version") \
+        and measured.get("name") == registered.get("name")
+
+
+def restore_skipped_stages(current: str) -> list[str]:
+    """Log, into the active (new) run, the recorded results of the stages DVC did not re-run for it.
+
+    Those are the stages upstream of `current` and a sibling that measured the same registered version;
+    each keeps a link (`pipeline.restored.<stage>`) to the run that made its outputs.
+    """
+    from pipeline import tracking
+
+    candidates = list(UPSTREAM[current]) + [s for s in [SIBLINGS.get(current)] if s and _still_current(s)]
+    restored = []
+    for stage in candidates:
+        source = _read_json(artifacts.run_record(stage)).get("run_id")
+        if not source:
+            continue
+        values: dict[str, float] = {}
+        for path in artifacts.STAGE_FILES[stage].get("metrics", []):
+            values |= numeric(_read_json(path))
+        if stage == "prepare" and artifacts.PREPARED_REPORT.exists():
+            report = read_report()
+            tracking.log_prepared(report)
+            values |= tracking.prepared_metrics(report)
+        if stage == "train":
+            _restore_curves()
+        if values:
+            mlflow.log_metrics(values)
+        mlflow.set_tag(f"pipeline.restored.{stage}", source)
+        restored.append(stage)
+    if restored:
+        print(f"[{current}] restored the records of {', '.join(restored)} (DVC did not re-run them)")
+    return restored
+
+
+def _restore_curves() -> None:
+    from pipeline.training import read_history
+
+    for row in read_history(artifacts.TRAIN_HISTORY):
+        mlflow.log_metrics(epoch_metrics(row), step=int(row["epoch"]))
+
+
+def config_diff(flat: dict[str, str], defaults: dict[str, str]) -> str:
+    """`key=value` for every param that differs from the defaults (or that the defaults lack)."""
+    return " ".join(f"{k}={v}" for k, v in flat.items() if defaults.get(k) != v)
+
+
+def run_note(run: mlflow.entities.Run) -> str:
+    """The run's Markdown description: headline table, what differs from the defaults, stages, plots.
+
+    Links are relative to the page, so they work on whichever address the UI is served.
+    """
+    tags, run_id = run.data.tags, run.info.run_id
+    exp = run.info.experiment_id
+    lines = [f"**{tags.get('dvc.exp_name') or run.info.run_name}** at commit "
+             f"`{tags.get('mlflow.source.git.commit', 'unknown')[:12]}`"
+             + (" (with uncommitted changes)" if tags.get("git.dirty") == "true" else ""), "",
+             headline_table(run.data.metrics), "",
+             "Config that differs from conf/'s defaults: "
+             + (f"`{tags['pipeline.config_diff']}`" if tags.get("pipeline.config_diff") else "none (`dvc repro`)"),
+             "", "Stages: " + ", ".join(_stage_state(stage, tags, exp) for stage in artifacts.STAGE_FILES)]
+    images = []
+    for stage, pngs in PLOTS.items():
+        source = tags.get(f"pipeline.restored.{stage}", run_id)
+        images += [f"![{png.stem}](get-artifact?path=plots/{png.name}&run_uuid={source})"
+                   for png in pngs]
+    return "\n".join([*lines, "", " ".join(images)])
+
+
+def _stage_state(stage: str, tags: dict[str, str], experiment_id: str) -> str:
+    if source := tags.get(f"pipeline.restored.{stage}"):
+        return f"{stage} (from [run {source[:8]}](#/experiments/{experiment_id}/runs/{source}))"
+    return f"{stage} ({tags.get(f'pipeline.stage.{stage}', 'not run')})"
+
+
+def describe_run(run_id: str) -> None:
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, NOTE, run_note(client.get_run(run_id)))
+
+
+def version_description(tags: dict[str, str], run_link: str) -> str:
+    """A version's description from its tags: what it scores, how fast and big it is, why it is champion."""
+    def tag(key: Tag, fmt: str = "{}") -> str:
+        value = tags.get(key)
+        if value is None:
+            return "–"
+        with contextlib.suppress(ValueError):
+            return fmt.format(float(value))
+        return value
+
+    rows = [("test accuracy", tag(Tag.test_accuracy, "{:.2%}")), ("test macro-F1", tag(Tag.test_macro_f1, "{:.3f}")),
+            ("ms per face, 1 thread", f"{tag(Tag.latency_ms, '{:.3f}')} on {tags.get(Tag.machine, '–')}"),
+            ("size", f"{tag(Tag.size_kib, '{:,.0f}')} KiB ({tags.get(Tag.variant, '?')})"),
+            ("promotion", f"{tag(Tag.promotion)}: {tags.get(Tag.promotion_reason, 'not evaluated yet')}"),
+            ("data", f"{tags.get(Tag.data_source, '?')}, {tags.get(Tag.protocol, '?')} protocol")]
+    return ("| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+            + f"\n\nMade by [this run]({run_link}) at commit `{tags.get(Tag.git_commit, 'unknown')[:12]}`.")
+
+
+def describe_version(name: str, version: str) -> None:
+    client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version(name, version)
+        run = client.get_run(mv.tags.get(Tag.run_id) or mv.run_id)
+    except MlflowException:
+        return
+    link = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    client.update_model_version(name, version, version_description(mv.tags, link))
+
