@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import artifacts, cli
 from pipeline.config import CONF_DIR, ConfigError, Params, compose, override_value, parse_params, validate_section
+from pipeline.tracking import process_alive
 
 PARENT_ENV = "PIPELINE_SEARCH_PARENT_RUN_ID"  # the study's MLflow run, for a trial's stages to nest under
 TRIAL_ENV = "PIPELINE_SEARCH_TRIAL"  # <study>/<trial number>
@@ -477,19 +478,12 @@ def fail_orphans(study: optuna.Study) -> None:
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") not in (None, host) or (pid and _alive(int(pid))):
+        if t.user_attrs.get("host") not in (None, host) or (pid and process_alive(int(pid))):
             continue
         study.tell(t.number, state=TrialState.FAIL)
         print(f"[search] trial {t.number} was left running by a search that is gone: marked failed")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -128,14 +128,15 @@ def mark_stale_runs(experiment_id: str) -> list[str]:
     stale = []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=200):
         pid, host = run.data.tags.get("pipeline.pid"), run.data.tags.get("pipeline.host")
-        if host != socket.gethostname() or not pid or _alive(int(pid)):
+        if host != socket.gethostname() or not pid or process_alive(int(pid)):
             continue
         client.set_terminated(run.info.run_id, "KILLED")
         stale.append(run.info.run_id)
     return stale
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host still exists (a stage's or a search's, recorded in a tag)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.config import compose
+from pipeline.config import compose, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -200,3 +200,19 @@ def stage_dir(tmp_path: Path, overrides: list[str], tracking_uri: str | None = N
 def stage(name: str, work: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", f"pipeline.{name}"], cwd=work, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real SQLite MLflow store, one per test module: creating one takes seconds."""
+    root = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture
+def params(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The default config, run from a temporary project root that logs into `store`."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    return parse_params(compose())

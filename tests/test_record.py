@@ -4,30 +4,17 @@ version's description, and the concise experiments table (real SQLite store, in-
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import mlflow
 import pytest
 
 from pipeline import artifacts, record, tracking
-from pipeline.config import compose, parse_params
 from pipeline.files import write_json
 from pipeline.inference.contract import Tag
 from pipeline.metrics import HEADLINE, epoch_metrics, exp_show_args
 from pipeline.training import write_history
 
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"  # created once: that takes seconds
-
-
-@pytest.fixture
-def params(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    return parse_params(compose())
+# `store` and `params` (a real SQLite store, a temporary project root) are tests/conftest.py's
 
 
 def _earlier_execution(registered_version: str) -> str:

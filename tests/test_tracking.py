@@ -15,19 +15,7 @@ import pytest
 from pipeline import tracking
 from pipeline.config import compose, parse_params
 
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("mlflow")
-    return f"sqlite:///{root / 'mlflow.db'}"
-
-
-@pytest.fixture
-def params(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    return parse_params(compose())
+# `store` and `params` (a real SQLite store, a temporary project root): tests/conftest.py
 
 
 def test_uri_defaults_to_sqlite_under_the_repo_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
