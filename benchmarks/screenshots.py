@@ -39,6 +39,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.cli import stop_group  # noqa: E402  (the script runs from a checkout, after the path)
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"]
@@ -67,13 +69,7 @@ def mlflow_ui(store: str, log: Path, port: int | None = None) -> Iterator[str]:
         wait_http(f"{url}/health", process, log)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, signal.SIGTERM, timeout=20)
 
 
 def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 300.0) -> None:
@@ -228,12 +224,7 @@ async def chromium(binary: str, width: int, height: int) -> AsyncIterator[Page]:
                 await page.resize(width, height)
                 yield page
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process, signal.SIGTERM, timeout=10)
         shutil.rmtree(profile, ignore_errors=True)
 
 

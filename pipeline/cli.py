@@ -4,6 +4,10 @@ interrupted stage leaves the previous ones untouched and `dvc repro` simply runs
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -17,3 +21,16 @@ def run(main: Callable[[], None], doc: str | None, stage: str) -> None:
     except KeyboardInterrupt:
         print(f"[{stage}] interrupted: nothing half-written was kept; `dvc repro` runs it again", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def stop_group(process: subprocess.Popen, sig: signal.Signals, timeout: float) -> None:
+    """Send `sig` to the process group a child leads (`start_new_session=True`), so that its own children (DVC's
+    stages, mlflow's workers) stop with it; SIGKILL after `timeout` seconds if they have not."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -334,13 +334,7 @@ def dvc_exp_run(name: str, overrides: list[str], env: dict[str, str]) -> None:
             tail.append(line)
         code = process.wait()
     except KeyboardInterrupt:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        cli.stop_group(process, signal.SIGINT, timeout=60)
         raise
     if code != 0:
         raise TrialError(f"dvc exp run exited with {code}: {error_line(tail)}")
