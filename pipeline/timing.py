@@ -52,11 +52,25 @@ def cpu_info() -> tuple[str, set[str]]:
     return model, flags
 
 
+def cpu_generation() -> str:
+    """`family 26 model 2`: hosts that all call themselves `AMD EPYC` differ by generation (Zen 2 to Zen 5),
+    and with it by training speed and kernels, so a figure names it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    ids: dict[str, str] = {}
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("cpu family", "model") and key.strip() not in ids:
+                ids[key.strip()] = value.strip()
+    return f"family {ids['cpu family']} model {ids['model']}" if len(ids) == 2 else ""
+
+
 def machine() -> dict[str, object]:
     """CPU model, core count and the vector extensions that decide which kernels (and speeds) a host gets."""
     model, flags = cpu_info()
     return {
-        "cpu": model, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.machine()}",
+        "cpu": model, "generation": cpu_generation(), "cores": os.cpu_count(),
+        "system": f"{platform.system()} {platform.machine()}",
         "python": platform.python_version(),
         "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
         "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
@@ -65,11 +79,14 @@ def machine() -> dict[str, object]:
 
 
 def machine_name(m: dict) -> str:
-    """`AMD EPYC (AVX2, no AVX-512)`: the CPU model and the vector units that decide int8 speed."""
+    """`AMD EPYC family 26 model 2 (AVX-512 with VNNI, BF16, 2 cores)`: the CPU and the vector units that
+    decide int8 and bfloat16 speed."""
     if not m:
         return "unknown"
     units = "AVX-512" + (" with VNNI" if m.get("vnni") else "") if m.get("avx512f") else "AVX2, no AVX-512"
-    return f"{m.get('cpu', 'unknown')} ({units}, {m.get('cores')} cores)"
+    units += ", BF16" if m.get("bf16") else ""
+    name = " ".join(str(part) for part in (m.get("cpu", "unknown"), m.get("generation", "")) if part)
+    return f"{name} ({units}, {m.get('cores')} cores)"
 
 
 def compute_peak_gmacs(threads: int, size: int = 1024, repeats: int = 7) -> float:

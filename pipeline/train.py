@@ -30,7 +30,7 @@ from pipeline.files import atomic_path, write_json
 from pipeline.inference.contract import CLASSES
 from pipeline.models import build_model, count_macs
 from pipeline.prepared import PreparedReport, load_split, read_report
-from pipeline.timing import cpu_info
+from pipeline.timing import cpu_info, machine, machine_name
 from pipeline.training import (
     EpochLog,
     MetricsLogger,
@@ -167,7 +167,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
         "train/images_per_s": float(np.median(progress.images_per_s)) if progress.images_per_s else 0.0,
         "model/params": int(model.count_params()), "model/macs_per_view": macs,
     }
-    how = {"train.precision": precision, "train.onednn": str(onednn_enabled()).lower()}
+    how = {"train.precision": precision, "train.onednn": str(onednn_enabled()).lower(),
+           "train.machine": machine_name(machine())}  # images/s and epochs reached belong to this host
     print(f"[train] val accuracy {metrics['val/accuracy']:.4f} after {len(history)} epochs in {seconds:.0f}s")
     return TrainResult(model, history, metrics, how)
 

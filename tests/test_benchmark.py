@@ -13,6 +13,7 @@ from pipeline.inference.classifier import TFLiteClassifier
 from pipeline.inference.contract import CLASSES
 from pipeline.inference.detectors import make_detector
 from pipeline.models import build_model
+from pipeline.timing import machine_name
 from tests.fixtures.tiny_model import make_tiny_model
 
 CFG = parse_params(compose(["benchmark.runs=5", "benchmark.warmup=1", "benchmark.keras_runs=3"])).benchmark
@@ -40,3 +41,12 @@ def test_the_frame_path_detects_then_classifies(tmp_path: Path) -> None:
     assert set(times) == {"frame_detect", "frame_end_to_end"}
     assert times["frame_end_to_end"]["median_ms"] >= times["frame_detect"]["median_ms"] * 0.5
     assert calls and set(calls) == {(48, 48)} and np.isfinite(times["frame_end_to_end"]["p90_ms"])
+
+
+def test_a_host_is_named_by_its_generation_and_the_units_that_set_its_speed() -> None:
+    zen5 = {"cpu": "AMD EPYC", "generation": "family 26 model 2", "cores": 2, "avx512f": True, "vnni": True,
+            "bf16": True}
+    assert machine_name(zen5) == "AMD EPYC family 26 model 2 (AVX-512 with VNNI, BF16, 2 cores)"
+    older = {"cpu": "AMD EPYC", "cores": 2, "avx512f": False}  # records from before `generation` was kept
+    assert machine_name(older) == "AMD EPYC (AVX2, no AVX-512, 2 cores)"
+    assert machine_name({}) == "unknown"
