@@ -68,7 +68,7 @@ def measure(setting: Setting, steps: int) -> dict[str, object]:
     from pipeline.config import compose, parse_params
     from pipeline.inference.contract import CLASSES
     from pipeline.models import build_model, count_macs
-    from pipeline.training import compile_for_training, make_dataset
+    from pipeline.training import compile_for_training, make_dataset, onednn_enabled
 
     if setting.threads:
         tf.config.threading.set_intra_op_parallelism_threads(setting.threads)
@@ -98,11 +98,9 @@ def measure(setting: Setting, steps: int) -> dict[str, object]:
     net.fit(ds, epochs=1, verbose=0)  # tracing and first-touch costs
     start = time.perf_counter()
     net.fit(ds, epochs=1, verbose=0)
-    from tensorflow.python.util import _pywrap_util_port
-
     return {"train_img_s": n / (time.perf_counter() - start), "pipeline_img_s": pipeline_img_s,
             "mmacs": count_macs(net) / 1e6, "params": net.count_params(), "batch_size": cfg.batch_size,
-            "onednn": bool(_pywrap_util_port.IsMklEnabled())}
+            "onednn": onednn_enabled()}
 
 
 def write_report(rows: list[dict], steps: int, out: Path) -> None:

@@ -38,31 +38,28 @@ def summarize_ms(samples: list[float] | np.ndarray) -> dict[str, float]:
     return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean())}
 
 
-def cpu_info() -> tuple[str, set[str]]:
-    """The CPU's model name and its instruction-set flags (from /proc/cpuinfo; empty where there is none)."""
-    model, flags = platform.processor() or "unknown", set()
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's fields in /proc/cpuinfo (empty where there is none), read once per call."""
+    fields: dict[str, str] = {}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    return model, flags
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU's model name and its instruction-set flags."""
+    fields = _cpuinfo()
+    return fields.get("model name", platform.processor() or "unknown"), set(fields.get("flags", "").split())
 
 
 def cpu_generation() -> str:
     """`family 26 model 2`: hosts that all call themselves `AMD EPYC` differ by generation (Zen 2 to Zen 5),
     and with it by training speed and kernels, so a figure names it."""
-    cpuinfo = Path("/proc/cpuinfo")
-    ids: dict[str, str] = {}
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("cpu family", "model") and key.strip() not in ids:
-                ids[key.strip()] = value.strip()
-    return f"family {ids['cpu family']} model {ids['model']}" if len(ids) == 2 else ""
+    fields = _cpuinfo()
+    return f"family {fields['cpu family']} model {fields['model']}" if {"cpu family", "model"} <= set(fields) else ""
 
 
 def machine() -> dict[str, object]:

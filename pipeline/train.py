@@ -44,6 +44,7 @@ from pipeline.training import (
     float32_copy,
     lr_schedule,
     make_dataset,
+    onednn_enabled,
     read_history,
     resolve_precision,
     worker_checkpoint,
@@ -187,13 +188,6 @@ def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str) ->
         print(f"[train] teacher {uri}: scoring {len(faces)} training faces")
         scores.append(TFLiteClassifier(model.tflite, model.labels, default_threads()).predict(faces))
     return np.mean(scores, axis=0)
-
-
-def onednn_enabled() -> bool:
-    """Whether TensorFlow runs its oneDNN kernels in this process (see pipeline/__init__.py)."""
-    from tensorflow.python.util import _pywrap_util_port
-
-    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def write_outputs(result: TrainResult) -> None:

@@ -28,6 +28,13 @@ MetricsLogger = Callable[[dict[str, float], int], None]  # (metrics, step): e.g.
 BF16_FLAGS = {"amx_bf16", "avx512_bf16"}  # CPUs whose matrix units make mixed_bfloat16 pay
 
 
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN kernels in this process (see pipeline/__init__.py)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def resolve_precision(precision: str, cpu_flags: set[str]) -> str:
     """`auto` -> mixed_bfloat16 on a CPU with AMX-BF16 or AVX512-BF16, else float32; others as given."""
     if precision != "auto":
