@@ -14,7 +14,6 @@ the latency into a share of what this CPU can do.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from pipeline.inference.classifier import TFLiteClassifier, read_labels_file
 from pipeline.inference.contract import Tag
 from pipeline.inference.detectors import FaceDetector, crop_face, make_detector
 from pipeline.models import count_macs, with_views
-from pipeline.timing import compute_peak_gmacs, machine, machine_name, time_calls
+from pipeline.timing import compute_peak_gmacs, machine, machine_name, time_calls, usable_cores
 
 PHOTO = Path(__file__).parent / "inference" / "assets" / "astronaut.jpg"
 
@@ -142,7 +141,7 @@ def main() -> None:
     params = load_params()
     registered = json.loads(artifacts.REGISTERED.read_text())
     sidecar = read_labels_file(artifacts.TFLITE_LABELS)
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     with tracking.stage_run("benchmark", params, upstream="quantize"):
         details = benchmark(exported_model(sidecar), sorted(artifacts.TFLITE_DIR.glob("*.tflite")),
                             list(sidecar["labels"]), registered, params.benchmark, cores)

@@ -62,11 +62,17 @@ def cpu_generation() -> str:
     return f"family {fields['cpu family']} model {fields['model']}" if {"cpu family", "model"} <= set(fields) else ""
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: under `taskset` or a container's cpuset it is fewer than the
+    machine has, and a figure (or a thread count) taken from the machine's total would be wrong."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine() -> dict[str, object]:
     """CPU model, core count and the vector extensions that decide which kernels (and speeds) a host gets."""
     model, flags = cpu_info()
     return {
-        "cpu": model, "generation": cpu_generation(), "cores": os.cpu_count(),
+        "cpu": model, "generation": cpu_generation(), "cores": usable_cores(),
         "system": f"{platform.system()} {platform.machine()}",
         "python": platform.python_version(),
         "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
@@ -83,7 +89,8 @@ def machine_name(m: dict) -> str:
     units = "AVX-512" + (" with VNNI" if m.get("vnni") else "") if m.get("avx512f") else "AVX2, no AVX-512"
     units += ", BF16" if m.get("bf16") else ""
     name = " ".join(str(part) for part in (m.get("cpu", "unknown"), m.get("generation", "")) if part)
-    return f"{name} ({units}, {m.get('cores')} cores)"
+    cores = m.get("cores")
+    return f"{name} ({units}, {cores} core{'' if cores == 1 else 's'})"
 
 
 def compute_peak_gmacs(threads: int, size: int = 1024, repeats: int = 7) -> float:

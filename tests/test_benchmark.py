@@ -3,6 +3,8 @@ each thread count, and the end-to-end path classifies the face it found."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +52,13 @@ def test_a_host_is_named_by_its_generation_and_the_units_that_set_its_speed() ->
     older = {"cpu": "AMD EPYC", "cores": 2, "avx512f": False}  # records from before `generation` was kept
     assert machine_name(older) == "AMD EPYC (AVX2, no AVX-512, 2 cores)"
     assert machine_name({}) == "unknown"
+    assert machine_name({**older, "cores": 1}) == "AMD EPYC (AVX2, no AVX-512, 1 core)"
+
+
+def test_a_process_pinned_to_one_core_counts_one_core() -> None:
+    """`taskset -c 0` runs report (and benchmark threads for) the core they have, not the machine's two."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from pipeline.timing import machine; from pipeline.inference.classifier import default_threads; "
+            "print(machine()['cores'], default_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "1"]

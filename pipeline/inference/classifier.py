@@ -18,7 +18,8 @@ class ModelError(RuntimeError):
 
 
 def default_threads() -> int:
-    return os.cpu_count() or 1
+    """One thread per core this process may use (`taskset` and cpusets give fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class TFLiteClassifier:
