@@ -47,14 +47,16 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
     experiment = client.get_experiment_by_name("fer-expression")
     if experiment is None:
         return []
-    rows, (presets, defaults) = [], preset_params()
+    from pipeline.config import compose, parse_params, preset_params, to_flat_dict
+
+    rows, presets, defaults = [], preset_params("fer2013*"), to_flat_dict(parse_params(compose()))
     for run in client.search_runs([experiment.experiment_id], "tags.`pipeline.data_family` = 'fer2013'",
                                   order_by=["attributes.start_time DESC"], max_results=500):
         tags, m, p = run.data.tags, run.data.metrics, run.data.params
         if not all(tags.get(f"pipeline.stage.{s}") == "done" for s in STAGES):
             continue
         rows.append({
-            "run": run.info.run_id[:8], "name": run.info.run_name, "preset": preset_of(p, presets, defaults),
+            "run": run.info.run_id[:8], "name": run.info.run_name, "preset": preset_name(run, presets, defaults),
             "model": p.get("model.name"),
             "filters": p.get("model.filters", ""),
             "tta": p.get("quantize.views.flip", p.get("model.tta_flip")) == "true",
@@ -98,19 +100,6 @@ def metric(m: dict[str, float], name: str, older: str | None = None) -> float | 
     return m.get(name, m.get(older) if older else None)
 
 
-def preset_params() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """The model and train params of each FER2013 experiment preset as it is now, flat as MLflow logs them,
-    and the default config's (for keys added to the config after a run)."""
-    from pipeline.config import CONF_DIR, compose, parse_params, to_flat_dict
-
-    presets = {}
-    for path in sorted((CONF_DIR / "experiment").glob("fer2013*.yaml")):
-        flat = to_flat_dict(parse_params(compose([f"experiment={path.stem}"])))
-        presets[path.stem] = {k: v for k, v in flat.items() if k.startswith(SHAPING)}
-    return presets, to_flat_dict(parse_params(compose()))
-
-
-SHAPING = ("model.", "train.", "quantize.views.")  # what makes a preset's model (data may live anywhere)
 RENAMED = {"model.tta_flip": "quantize.views.flip", "model.tta_zoom": "quantize.views.zoom"}  # runs before 12-01
 
 
@@ -119,14 +108,14 @@ def modern(p: dict[str, str]) -> dict[str, str]:
     return {RENAMED.get(k, k): v for k, v in p.items()}
 
 
-def preset_of(p: dict[str, str], presets: dict[str, dict[str, str]], defaults: dict[str, str]) -> str:
-    """The preset whose model, train and view params a run has, all of them; '' for a run of an older recipe.
+def preset_name(run: mlflow.entities.Run, presets: dict[str, dict[str, str]], defaults: dict[str, str]) -> str:
+    """The preset the run recorded (`pipeline.preset`, as the preset was when it ran); runs from before that
+    tag: the FER2013 preset whose params they have today, all of them ('' for a run of another recipe)."""
+    from pipeline.config import preset_of
 
-    A key the run did not log was added to the config later, with a default that keeps the old behaviour.
-    """
-    p = modern(p)
-    return next((name for name, want in presets.items()
-                 if all(p.get(k, defaults.get(k)) == v for k, v in want.items())), "")
+    if "pipeline.preset" in run.data.tags:
+        return run.data.tags["pipeline.preset"]
+    return preset_of(modern(run.data.params), presets, defaults)
 
 
 def recipe(p: dict[str, str]) -> str:
@@ -175,8 +164,9 @@ def write_table(rows: list[dict], path: Path) -> None:
                      f"{r['epochs']} | {r['train_min']:.0f} | {r['img_s']:.0f} | {r['val']:.4f} | {r['keras']:.4f} | "
                      f"{r['float32']:.4f} | {r['int8']:.4f} | "
                      f"{r['f1_int8']:.4f} | {r['lat_int8']:.3f} | {r['size_kb']:.0f} | {r['seed']} |")
-    lines += ["", "Preset: the experiment preset (`conf/experiment/`) whose model and train parameters the run had, "
-              "all of them, when the row was written; empty for runs of other recipes.",
+    lines += ["", "Preset: the experiment preset (`conf/experiment/`) whose model, train and view parameters the run "
+              "had, all of them, as the run recorded it (tag `pipeline.preset`) or, for runs before that tag, as the "
+              "presets were when the row was written; empty for runs of other recipes.",
               "", f"Peer for reference: {PEER['name']}, {PEER['accuracy']:.1%} PublicTest, "
               f"{PEER['latency_ms']} ms/face (measured on the AVX-512 AMD EPYC host).", ""]
     write_text(path, "\n".join(lines))

@@ -486,6 +486,32 @@ def to_flat_dict(params: Params) -> dict[str, str]:
     return flat
 
 
+PRESET_SHAPING = ("model.", "train.", "quantize.views.")  # what makes a preset's model (data may live anywhere)
+
+
+def preset_params(pattern: str = "*") -> dict[str, dict[str, str]]:
+    """The model, train and view params of each experiment preset (`conf/experiment/<pattern>.yaml`) as it
+    is now, flat as MLflow logs them."""
+    presets = {}
+    for path in sorted((CONF_DIR / "experiment").glob(f"{pattern}.yaml")):
+        flat = to_flat_dict(parse_params(compose([f"experiment={path.stem}"])))
+        presets[path.stem] = {k: v for k, v in flat.items() if k.startswith(PRESET_SHAPING)}
+    return presets
+
+
+def preset_of(flat: dict[str, str], presets: dict[str, dict[str, str]],
+              defaults: dict[str, str] | None = None) -> str:
+    """The preset whose model, train and view params these are, all of them; '' for any other recipe.
+
+    The params decide, not the `-S experiment=` that was typed: `experiment=fer2013 train.lr=0.01` is not
+    the preset's recipe. A key missing from `flat` counts at its value in `defaults` (for runs logged
+    before the key was added to the config, with a default that keeps the old behaviour).
+    """
+    defaults = defaults or {}
+    return next((name for name, want in presets.items()
+                 if all(flat.get(k, defaults.get(k)) == v for k, v in want.items())), "")
+
+
 def compose(overrides: list[str] | None = None, config_name: str = "config",
             conf_dir: Path = CONF_DIR) -> DictConfig:
     """Compose `conf/` exactly as `dvc exp run` does (Hydra compose, then resolve)."""

@@ -205,7 +205,7 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
                            run_name=None if run_id else exp_name or f"repro-{git['commit'][:7]}",
-                           tags=None if run_id else tags | {"pipeline.config_diff": config_diff(params)})
+                           tags=None if run_id else tags | config_tags(params))
     try:
         mlflow.set_tags({"pipeline.pid": str(os.getpid()), "pipeline.host": socket.gethostname(),
                          f"pipeline.stage.{stage}": "running", "pipeline.status": f"{stage} running"}
@@ -244,15 +244,20 @@ def ui_base(cfg: MlflowConfig) -> str:
     return record.ui_base(redact(tracking_uri(cfg)))
 
 
-def config_diff(params: Params) -> str:
-    """The params that differ from `conf/`'s default composition, for the run's description (kept short)."""
-    from pipeline.config import compose, parse_params
+def config_tags(params: Params) -> dict[str, str]:
+    """`pipeline.config_diff`: the params that differ from `conf/`'s default composition, for the run's
+    description (kept short); `pipeline.preset`: the experiment preset whose recipe the run has, as the
+    preset was then (a later edit of the preset does not rename old runs), to filter runs by in the UI."""
+    from pipeline.config import compose, parse_params, preset_of, preset_params
 
+    flat = to_flat_dict(params)
     try:
         defaults = to_flat_dict(parse_params(compose()))
+        preset = preset_of(flat, preset_params())
     except Exception:  # conf/ unreadable here: the params are logged in full anyway
-        return ""
-    return record.config_diff(to_flat_dict(params), defaults)[:4000]
+        return {}
+    return {"pipeline.config_diff": record.config_diff(flat, defaults)[:4000]} | (
+        {"pipeline.preset": preset} if preset else {})
 
 
 def links(cfg: MlflowConfig, experiment_id: str, model_name: str) -> str:

@@ -42,6 +42,17 @@ def test_stages_of_one_execution_share_a_run(params) -> None:
     assert json.loads(Path("runs/train.json").read_text())["run_id"] == first.run_id
 
 
+def test_a_run_is_tagged_with_the_preset_whose_recipe_it_has(params) -> None:
+    tags = {}
+    for name, overrides in {"preset": ["experiment=tiny"], "changed": ["experiment=tiny", "train.lr=0.0123"]}.items():
+        with tracking.stage_run("prepare", parse_params(compose(overrides)), upstream=None) as run:
+            pass
+        tags[name] = mlflow.MlflowClient().get_run(run.run_id).data.tags
+    assert tags["preset"]["pipeline.preset"] == "tiny"  # to filter runs by in the UI
+    assert "pipeline.preset" not in tags["changed"]  # typed `experiment=tiny`, but not its recipe
+    assert "train.lr=0.0123" in tags["changed"]["pipeline.config_diff"]
+
+
 def test_a_stage_already_in_the_run_starts_a_new_execution(params) -> None:
     with tracking.stage_run("prepare", params, upstream=None):
         pass
