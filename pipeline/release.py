@@ -69,9 +69,10 @@ def card(uri: str, tracking_uri: str) -> tuple[dict, str]:
              "zoom": int(params.get("quantize.views.zoom", params.get("model.tta_zoom", 0)))}
     accuracy = float(version.tags.get(Tag.test_accuracy, "nan"))
     return {
-        "release": f"{info['name']}-v{info['version']}", "family": "fer2013", "model": uri,
+        # a version number is only unique within one registry; the training run's id is unique everywhere
+        "release": f"{info['name']}-{run_id[:8]}", "family": "fer2013", "model": uri,
         "registered": {"name": info["name"], "version": info["version"], "run_id": run_id},
-        "summary": f"{info['name']} v{info['version']}, {accuracy:.2%} on FER2013 PublicTest",
+        "summary": f"{info['name']} v{info['version']} (run {run_id[:8]}), {accuracy:.2%} on FER2013 PublicTest",
         "data": {"source": info["data"]["source"], "file": Path(path).name, "md5": info["data"]["md5"],
                  "protocol": params.get("data.protocol") if evaluate.get("protocol") is None else evaluate["protocol"],
                  "splits": {d["context"]: int(d["rows"]) for d in info["data"]["datasets"]},

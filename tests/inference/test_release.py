@@ -30,6 +30,7 @@ def test_the_files_are_the_ones_the_card_describes() -> None:
 
 def test_the_card_names_data_terms_scores_speed_and_lineage() -> None:
     assert CARD["family"] == "fer2013" and CARD["data"]["test_split"] == "PublicTest"
+    assert CARD["release"] == f"{CARD['registered']['name']}-{CARD['registered']['run_id'][:8]}"  # unique
     assert "Kaggle" in CARD["data"]["terms"] and "copyright" in CARD["data"]["terms"]
     assert 0.5 < CARD["test"]["accuracy"] < 1 and 0.4 < CARD["test"]["macro_f1"] < 1
     assert set(CARD["test"]["recall"]) == set(CLASSES)
