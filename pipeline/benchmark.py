@@ -25,11 +25,11 @@ import numpy as np
 from pipeline import artifacts, cli, plots, tracking
 from pipeline.config import BenchmarkConfig, ViewsConfig, load_params
 from pipeline.files import write_json
-from pipeline.inference.classifier import TFLiteClassifier, read_labels_file
+from pipeline.inference.classifier import TFLiteClassifier, read_labels_file, usable_cores
 from pipeline.inference.contract import Tag
 from pipeline.inference.detectors import FaceDetector, crop_face, make_detector
 from pipeline.models import count_macs, with_views
-from pipeline.timing import compute_peak_gmacs, machine, machine_name, time_calls, usable_cores
+from pipeline.timing import compute_peak_gmacs, machine, machine_name, time_calls
 
 PHOTO = Path(__file__).parent / "inference" / "assets" / "astronaut.jpg"
 

@@ -12,6 +12,7 @@ Errors come out as one line naming the file and the dotted key, e.g.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -489,9 +490,10 @@ def to_flat_dict(params: Params) -> dict[str, str]:
 PRESET_SHAPING = ("model.", "train.", "quantize.views.")  # what makes a preset's model (data may live anywhere)
 
 
+@functools.cache
 def preset_params(pattern: str = "*") -> dict[str, dict[str, str]]:
     """The model, train and view params of each experiment preset (`conf/experiment/<pattern>.yaml`) as it
-    is now, flat as MLflow logs them."""
+    is now, flat as MLflow logs them. Composing them all takes seconds; a process needs them once."""
     presets = {}
     for path in sorted((CONF_DIR / "experiment").glob(f"{pattern}.yaml")):
         flat = to_flat_dict(parse_params(compose([f"experiment={path.stem}"])))

@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from pipeline import artifacts, cli
-from pipeline.inference.classifier import ModelError, TFLiteClassifier, default_threads, read_labels
+from pipeline.inference.classifier import ModelError, TFLiteClassifier, read_labels, usable_cores
 from pipeline.inference.contract import CLASSES, Tag
 from pipeline.metrics import recall
 from pipeline.prepared import load_split
@@ -168,7 +168,7 @@ def score_exports(x_test: np.ndarray, y_test: np.ndarray, labels: list[str]) -> 
     model = keras.models.load_model(artifacts.KERAS_MODEL)
     all_scores = {"keras": model.predict(x_test[..., None].astype(np.float32), batch_size=256, verbose=0)}
     for path in sorted(artifacts.TFLITE_DIR.glob("*.tflite")):
-        all_scores[path.stem] = TFLiteClassifier(path, labels, num_threads=default_threads()).predict(x_test)
+        all_scores[path.stem] = TFLiteClassifier(path, labels, num_threads=usable_cores()).predict(x_test)
     return evaluate(y_test, all_scores, labels), all_scores
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.inference.classifier import usable_cores
+
 
 def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> dict[str, float]:
     """Median and p90 milliseconds of `fn()` over `runs` calls after `warmup` untimed ones."""
@@ -49,30 +51,25 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
-def cpu_info() -> tuple[str, set[str]]:
+def cpu_info(fields: dict[str, str] | None = None) -> tuple[str, set[str]]:
     """The CPU's model name and its instruction-set flags."""
-    fields = _cpuinfo()
+    fields = _cpuinfo() if fields is None else fields
     return fields.get("model name", platform.processor() or "unknown"), set(fields.get("flags", "").split())
 
 
-def cpu_generation() -> str:
+def cpu_generation(fields: dict[str, str] | None = None) -> str:
     """`family 26 model 2`: hosts that all call themselves `AMD EPYC` differ by generation (Zen 2 to Zen 5),
     and with it by training speed and kernels, so a figure names it."""
-    fields = _cpuinfo()
+    fields = _cpuinfo() if fields is None else fields
     return f"family {fields['cpu family']} model {fields['model']}" if {"cpu family", "model"} <= set(fields) else ""
-
-
-def usable_cores() -> int:
-    """The cores this process may run on: under `taskset` or a container's cpuset it is fewer than the
-    machine has, and a figure (or a thread count) taken from the machine's total would be wrong."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def machine() -> dict[str, object]:
     """CPU model, core count and the vector extensions that decide which kernels (and speeds) a host gets."""
-    model, flags = cpu_info()
+    fields = _cpuinfo()
+    model, flags = cpu_info(fields)
     return {
-        "cpu": model, "generation": cpu_generation(), "cores": usable_cores(),
+        "cpu": model, "generation": cpu_generation(fields), "cores": usable_cores(),
         "system": f"{platform.system()} {platform.machine()}",
         "python": platform.python_version(),
         "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,

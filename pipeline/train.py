@@ -176,7 +176,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
 
 def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str) -> np.ndarray:
     """The registered teachers' averaged scores on `faces`, each teacher's .tflite sha256-checked (LiteRT)."""
-    from pipeline.inference.classifier import ModelError, TFLiteClassifier, default_threads
+    from pipeline.inference.classifier import ModelError, TFLiteClassifier, usable_cores
     from pipeline.inference.registry import download_registered
 
     scores = []
@@ -186,7 +186,7 @@ def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str) ->
         except ModelError as e:
             raise SystemExit(f"error: train.distill.teachers: {e}") from None
         print(f"[train] teacher {uri}: scoring {len(faces)} training faces")
-        scores.append(TFLiteClassifier(model.tflite, model.labels, default_threads()).predict(faces))
+        scores.append(TFLiteClassifier(model.tflite, model.labels, usable_cores()).predict(faces))
     return np.mean(scores, axis=0)
 
 

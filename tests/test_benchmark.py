@@ -58,7 +58,7 @@ def test_a_host_is_named_by_its_generation_and_the_units_that_set_its_speed() ->
 def test_a_process_pinned_to_one_core_counts_one_core() -> None:
     """`taskset -c 0` runs report (and benchmark threads for) the core they have, not the machine's two."""
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-            "from pipeline.timing import machine; from pipeline.inference.classifier import default_threads; "
-            "print(machine()['cores'], default_threads())")
+            "from pipeline.timing import machine; from pipeline.inference.classifier import usable_cores; "
+            "print(machine()['cores'], usable_cores())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["1", "1"]

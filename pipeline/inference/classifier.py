@@ -17,8 +17,9 @@ class ModelError(RuntimeError):
     """A model that cannot be used here; the message is the one line the user sees."""
 
 
-def default_threads() -> int:
-    """One thread per core this process may use (`taskset` and cpusets give fewer than the machine has)."""
+def usable_cores() -> int:
+    """The cores this process may run on, one inference thread each: under `taskset` or a container's
+    cpuset it is fewer than the machine has, and threads (or a figure) beyond them would be wrong."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
