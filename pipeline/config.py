@@ -491,12 +491,16 @@ PRESET_SHAPING = ("model.", "train.", "quantize.views.")  # what makes a preset'
 
 
 @functools.cache
-def preset_params(pattern: str = "*") -> dict[str, dict[str, str]]:
+def preset_params(pattern: str = "*", conf_dir: Path = CONF_DIR) -> dict[str, dict[str, str]]:
     """The model, train and view params of each experiment preset (`conf/experiment/<pattern>.yaml`) as it
-    is now, flat as MLflow logs them. Composing them all takes seconds; a process needs them once."""
+    is now, flat as MLflow logs them. Composing them all takes seconds; a process needs them once. A preset
+    that does not compose (a user's half-edited file) is left out: no run can have its recipe."""
     presets = {}
-    for path in sorted((CONF_DIR / "experiment").glob(f"{pattern}.yaml")):
-        flat = to_flat_dict(parse_params(compose([f"experiment={path.stem}"])))
+    for path in sorted((conf_dir / "experiment").glob(f"{pattern}.yaml")):
+        try:
+            flat = to_flat_dict(parse_params(compose([f"experiment={path.stem}"], conf_dir=conf_dir)))
+        except Exception:  # Hydra's and our ConfigError alike; the preset's own run reports it when used
+            continue
         presets[path.stem] = {k: v for k, v in flat.items() if k.startswith(PRESET_SHAPING)}
     return presets
 

@@ -250,14 +250,12 @@ def config_tags(params: Params) -> dict[str, str]:
     preset was then (a later edit of the preset does not rename old runs), to filter runs by in the UI."""
     from pipeline.config import compose, parse_params, preset_of, preset_params
 
-    flat = to_flat_dict(params)
-    try:
-        defaults = to_flat_dict(parse_params(compose()))
-        preset = preset_of(flat, preset_params())
-    except Exception:  # conf/ unreadable here: the params are logged in full anyway
-        return {}
-    return {"pipeline.config_diff": record.config_diff(flat, defaults)[:4000]} | (
-        {"pipeline.preset": preset} if preset else {})
+    flat, tags = to_flat_dict(params), {}
+    with contextlib.suppress(Exception):  # conf/ unreadable here: the params are logged in full anyway
+        tags["pipeline.config_diff"] = record.config_diff(flat, to_flat_dict(parse_params(compose())))[:4000]
+    if preset := preset_of(flat, preset_params()):
+        tags["pipeline.preset"] = preset
+    return tags
 
 
 def links(cfg: MlflowConfig, experiment_id: str, model_name: str) -> str:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, ConfigError, compose, load_params, parse_params
+from pipeline.config import (
+    CONF_DIR,
+    ConfigError,
+    compose,
+    load_params,
+    parse_params,
+    preset_of,
+    preset_params,
+    to_flat_dict,
+)
 
 # `experiment` holds presets; `search` is composed apart from params.yaml (pipeline/search.py)
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("experiment", "search"))
@@ -125,3 +135,13 @@ def test_data_size_limits_must_leave_room() -> None:
     cfg = compose(["data=fer2013", "data.min_side=2000"])
     with pytest.raises(ConfigError, match=r"^data.min_side = 2000: must be <= data.max_side \(1024\)$"):
         parse_params(cfg)
+
+
+def test_a_preset_that_does_not_compose_is_left_out_of_the_matching(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "experiment" / "broken.yaml").write_text("# @package _global_\ntrain:\n  lr: [not, a, number]\n")
+    presets = preset_params(conf_dir=conf)
+    assert "broken" not in presets and "tiny" in presets
+    tiny = to_flat_dict(parse_params(compose(["experiment=tiny"], conf_dir=conf)))
+    assert preset_of(tiny, presets) == "tiny"
