@@ -190,7 +190,9 @@ class AugmentConfig:
 class DistillConfig:
     """Knowledge distillation: the targets mix the labels with the scores of teachers this pipeline trained.
 
-    Teachers are registered versions, `models:/<name>/<version>` (immutable, unlike an alias), whose
+    Teachers are registered versions, `models:/<name>/<version>` (immutable, unlike an alias), or the
+    bundled release by its name, `release:<release>` (so a fresh clone can distil from the shipped model;
+    the name pins it, and a newer release fails the run rather than silently changing the teacher). Their
     averaged scores on each training face (softened by `temperature`) get `weight` in the targets.
     """
 
@@ -200,9 +202,12 @@ class DistillConfig:
 
     def check(self) -> str | None:
         for i, uri in enumerate(self.teachers):
+            if uri.startswith("release:") and uri.removeprefix("release:"):
+                continue
             _name, slash, version = uri.removeprefix("models:/").partition("/")
             if not uri.startswith("models:/") or not slash or not version.isdigit() or "@" in uri:
-                return f"teachers[{i}] = {uri}: must be models:/<name>/<version> (an alias can move)"
+                return (f"teachers[{i}] = {uri}: must be models:/<name>/<version> (an alias can move) "
+                        "or release:<release name>")
         if self.teachers and not self.weight:
             return "weight = 0.0: must be > 0 when teachers are given"
         return None

@@ -75,16 +75,18 @@ def machine() -> dict[str, object]:
         "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
         "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
         "bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
+        "amx": "amx_tile" in flags,  # Intel's matrix tiles: oneDNN's bfloat16 and int8 kernels use them
     }
 
 
 def machine_name(m: dict) -> str:
-    """`AMD EPYC family 26 model 2 (AVX-512 with VNNI, BF16, 2 cores)`: the CPU and the vector units that
-    decide int8 and bfloat16 speed."""
+    """`AMD EPYC family 26 model 2 (AVX-512 with VNNI, BF16, 2 cores)`: the CPU and the vector and matrix
+    units that decide int8 and bfloat16 speed."""
     if not m:
         return "unknown"
     units = "AVX-512" + (" with VNNI" if m.get("vnni") else "") if m.get("avx512f") else "AVX2, no AVX-512"
     units += ", BF16" if m.get("bf16") else ""
+    units += ", AMX" if m.get("amx") else ""
     name = " ".join(str(part) for part in (m.get("cpu", "unknown"), m.get("generation", "")) if part)
     cores = m.get("cores")
     return f"{name} ({units}, {cores} core{'' if cores == 1 else 's'})"

@@ -175,16 +175,19 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
 
 
 def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str) -> np.ndarray:
-    """The registered teachers' averaged scores on `faces`, each teacher's .tflite sha256-checked (LiteRT)."""
+    """The teachers' averaged scores on `faces` (LiteRT): registered ones sha256-checked, the bundled
+    release only if it is still the one the config names."""
     from pipeline.inference.classifier import ModelError, TFLiteClassifier, usable_cores
-    from pipeline.inference.registry import download_registered
+    from pipeline.inference.registry import download_registered, release_model
 
     scores = []
     for uri in teachers:
         try:
-            model = download_registered(uri, tracking_uri)
+            model = release_model() if uri.startswith("release:") else download_registered(uri, tracking_uri)
         except ModelError as e:
             raise SystemExit(f"error: train.distill.teachers: {e}") from None
+        if uri.startswith("release:") and model.uri != uri:
+            raise SystemExit(f"error: train.distill.teachers: {uri}: the bundled release is {model.uri} now")
         print(f"[train] teacher {uri}: scoring {len(faces)} training faces")
         scores.append(TFLiteClassifier(model.tflite, model.labels, usable_cores()).predict(faces))
     return np.mean(scores, axis=0)

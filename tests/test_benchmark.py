@@ -51,6 +51,10 @@ def test_a_host_is_named_by_its_generation_and_the_units_that_set_its_speed() ->
     assert machine_name(zen5) == "AMD EPYC family 26 model 2 (AVX-512 with VNNI, BF16, 2 cores)"
     older = {"cpu": "AMD EPYC", "cores": 2, "avx512f": False}  # records from before `generation` was kept
     assert machine_name(older) == "AMD EPYC (AVX2, no AVX-512, 2 cores)"
+    sapphire = {"cpu": "Intel(R) Xeon(R) Processor", "generation": "family 6 model 143", "cores": 2,
+                "avx512f": True, "vnni": True, "bf16": True, "amx": True}
+    assert machine_name(sapphire) == ("Intel(R) Xeon(R) Processor family 6 model 143 "
+                                      "(AVX-512 with VNNI, BF16, AMX, 2 cores)")
     assert machine_name({}) == "unknown"
     assert machine_name({**older, "cores": 1}) == "AMD EPYC (AVX2, no AVX-512, 1 core)"
 

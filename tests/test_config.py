@@ -88,6 +88,10 @@ def _broken(path: str, value: object) -> OmegaConf:
     ("quantize.variants", [], "quantize.variants = []: must list at least one of"),
     ("model.filters", [], "model.filters = []: must list at least one stage"),
     ("evaluate.baseline_samples", 0, "evaluate.floor = baseline: needs evaluate.baseline_samples > 0"),
+    ("train.distill.teachers", ["models:/fer-expression-fer2013@champion"],
+     "train.distill.teachers[0] = models:/fer-expression-fer2013@champion: must be models:/<name>/<version>"),
+    ("train.distill.teachers", ["release:"], "train.distill.teachers[0] = release:: must be models:/<name>/<version>"),
+    ("train.distill.teachers", ["release:fer-expression-fer2013-87c95f0d"], "train.distill.weight = 0.0: must be > 0"),
     ("train.time_budget_min", 470.0, "train.time_budget_min = 470: must be 0 with train.distribute = multi_worker"),
 ])
 def test_bad_key_or_value_names_the_key(key: str, value: object, expected: str) -> None:

@@ -98,3 +98,31 @@ def test_the_gpu_preset_trains_a_few_steps_on_cpu(splits, tmp_path: Path) -> Non
     assert {layer.compute_dtype for layer in result.model.layers} == {"float32"}
     scores = result.model.predict(np.full((2, 48, 48, 1), 128, np.float32), verbose=0)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-3)
+
+
+def test_the_bundled_release_can_teach_and_is_pinned_by_its_name(splits) -> None:
+    from pipeline.inference.registry import release_model
+    from pipeline.train import teacher_scores
+
+    faces = splits[0][0][:16]
+    name = release_model().uri
+    scores = teacher_scores([name], faces, tracking_uri="sqlite:///nowhere.db")
+    assert scores.shape == (16, 7)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=0.02)  # int8 scores: steps of 1/256 per class
+    with pytest.raises(SystemExit, match=r"^error: train.distill.teachers: release:an-older-release: "
+                                         r"the bundled release is release:"):
+        teacher_scores(["release:an-older-release"], faces, tracking_uri="sqlite:///nowhere.db")
+
+
+def test_distillation_targets_mix_softened_teacher_scores_with_the_labels() -> None:
+    from pipeline.training import distillation_targets
+
+    y = np.array([0, 3])
+    teacher = np.array([[0.1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(distillation_targets(y, teacher, 0.0, 1.0), np.eye(7)[y])
+    np.testing.assert_allclose(distillation_targets(y, teacher, 1.0, 1.0), teacher, atol=1e-6)
+    soft = distillation_targets(y, teacher, 1.0, 2.0)
+    assert soft[0, 0] == pytest.approx(0.25, abs=1e-6)  # sqrt(0.1) / (sqrt(0.1) + sqrt(0.9))
+    half = distillation_targets(y, teacher, 0.5, 1.0)
+    assert half[0].tolist() == pytest.approx([0.55, 0, 0, 0.45, 0, 0, 0])
+    np.testing.assert_allclose(half.sum(axis=1), 1.0, atol=1e-6)
