@@ -183,11 +183,9 @@ def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str) ->
     scores = []
     for uri in teachers:
         try:
-            model = release_model() if uri.startswith("release:") else download_registered(uri, tracking_uri)
+            model = release_model(uri) if uri.startswith("release:") else download_registered(uri, tracking_uri)
         except ModelError as e:
             raise SystemExit(f"error: train.distill.teachers: {e}") from None
-        if uri.startswith("release:") and model.uri != uri:
-            raise SystemExit(f"error: train.distill.teachers: {uri}: the bundled release is {model.uri} now")
         print(f"[train] teacher {uri}: scoring {len(faces)} training faces")
         scores.append(TFLiteClassifier(model.tflite, model.labels, usable_cores()).predict(faces))
     return np.mean(scores, axis=0)

@@ -69,8 +69,9 @@ def _local(path: Path, uri: str) -> ResolvedModel:
     return ResolvedModel(path, list(meta["labels"]), uri, trained_on=meta.get("trained_on"))
 
 
-def release_model() -> ResolvedModel:
-    """The release model bundled with the package (see release/MODEL_CARD.md)."""
+def release_model(pinned: str | None = None) -> ResolvedModel:
+    """The release model bundled with the package (see release/MODEL_CARD.md); with `pinned`
+    (`release:<name>`), ModelError unless the bundled release is that one."""
     resolved = _local(RELEASE_DIR / MODEL_FILE, "release")
     card = RELEASE_DIR / "model_card.json"
     if card.is_file():
@@ -80,6 +81,8 @@ def release_model() -> ResolvedModel:
         resolved.uri = f"release:{info.get('release', 'fer2013')}"
         resolved.trained_on = info.get("family", resolved.trained_on)
         resolved.why = info.get("summary", "")
+    if pinned and resolved.uri != pinned:
+        raise ModelError(f"{pinned}: the bundled release is {resolved.uri} now")
     return resolved
 
 
