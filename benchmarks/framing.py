@@ -9,7 +9,7 @@ frames; runs the runner on it (BlazeFace, the model by the resolution rule or `-
 face inherits the previous one's scores) and reports the share of frames whose face was found and the label
 accuracy on found faces, against the model's accuracy on the same faces' original crops. Tune `--margin` and
 `--offset` on `--split val` (faces from Training), then report on `--split test` once. Writes
-reports/framing.{md,json}.
+reports/framing.{md,json} (test) or reports/framing-val.{md,json} (val).
 """
 
 from __future__ import annotations
@@ -70,8 +70,10 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: the runner's resolution rule")
     parser.add_argument("--margin", type=float, nargs="+", default=[0.05])
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.5], help="BlazeFace score thresholds")
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "framing")
+    parser.add_argument("--out", type=Path, help="default: reports/framing (test), reports/framing-val (val)")
     args = parser.parse_args()
+    # a validation sweep must not overwrite the test report (the two are read side by side)
+    args.out = args.out or REPO / "reports" / ("framing" if args.split == "test" else f"framing-{args.split}")
 
     from pipeline.config import compose, parse_params
     from pipeline.data import read_source
