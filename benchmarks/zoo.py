@@ -5,7 +5,8 @@
 Reads every finished pipeline run on FER2013 data (tag `pipeline.data_family = fer2013`, all five stages
 done) through MLflow's client, and writes `<out>.json` (the rows), `<out>.md` (a table: model, recipe, MACs,
 training time and images/s, PublicTest accuracy and macro-F1 of Keras / float32 / int8, int8 latency at 1
-thread, size, and the experiment preset the run's params match) and `<out>-zoo.png` (int8 accuracy against
+thread, size, and the experiment preset the run's params match; then, for each preset run with several seeds
+on one CPU type, their mean and spread) and `<out>-zoo.png` (int8 accuracy against
 per-face latency, the peer package for reference).
 Numbers only: no FER2013 image goes into any of them.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -144,6 +146,47 @@ def merge(found: list[dict], earlier: list[dict]) -> list[dict]:
     return sorted(found + [r for r in earlier if r["run"] not in ids], key=lambda r: r.get("date", ""), reverse=True)
 
 
+def seed_groups(rows: list[dict]) -> list[dict]:
+    """Runs of one preset and recipe on one CPU type that differ only by seed: one summary each, so a
+    headline is a mean with its spread (a single run carries about 0.8 points of standard error) and not
+    the luckiest seed. Hosts are compared by the name their tag gives; an earlier, slower day of a CPU type
+    is a host of its own."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("preset") and r.get("seed") is not None:
+            groups.setdefault((r["preset"], r.get("host") or "unknown", r["recipe"]), []).append(r)
+    summaries = []
+    for (preset, where, recipe_), members in groups.items():
+        if len({r["seed"] for r in members}) < 2:
+            continue
+        members = sorted(members, key=lambda r: str(r["seed"]))
+        int8 = [r["int8"] for r in members]
+        summaries.append({
+            "preset": preset, "host": where, "recipe": recipe_, "seeds": [r["seed"] for r in members],
+            "runs": [r["name"] for r in members], "int8": int8, "int8_mean": statistics.fmean(int8),
+            "int8_std": statistics.stdev(int8), "int8_range": max(int8) - min(int8),
+            "val_mean": statistics.fmean(r["val"] for r in members),
+            "epochs": [r["epochs"] for r in members], "img_s": [r["img_s"] for r in members]})
+    return summaries
+
+
+def seed_table(summaries: list[dict]) -> list[str]:
+    if not summaries:
+        return []
+    lines = ["", "## Seeds", "",
+             "Runs of one preset and recipe on one CPU type that differ only by `train.seed`. Spread: the sample "
+             "standard deviation and the range (max - min) of the int8 PublicTest accuracy.", "",
+             "| preset | host | seeds (runs) | epochs | img/s | int8 acc per seed | int8 mean | std | range "
+             "| val acc mean |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for g in summaries:
+        seeds = ", ".join(f"{s} ({n})" for s, n in zip(g["seeds"], g["runs"], strict=True))
+        lines.append(f"| `{g['preset']}` | {g['host']} | {seeds} | {', '.join(str(e) for e in g['epochs'])} | "
+                     f"{', '.join(f'{v:.0f}' for v in g['img_s'])} | "
+                     f"{', '.join(f'{v:.2%}' for v in g['int8'])} | **{g['int8_mean']:.2%}** | "
+                     f"{g['int8_std'] * 100:.2f} points | {g['int8_range'] * 100:.2f} points | {g['val_mean']:.2%} |")
+    return lines
+
+
 def write_table(rows: list[dict], path: Path) -> None:
     lines = [
         "# FER2013 model zoo",
@@ -171,7 +214,8 @@ def write_table(rows: list[dict], path: Path) -> None:
               "had, all of them, as the run recorded it (tag `pipeline.preset`) or, for runs before that tag, as the "
               "presets were when the row was written; empty for runs of other recipes.",
               "", f"Peer for reference: {PEER['name']}, {PEER['accuracy']:.1%} PublicTest, "
-              f"{PEER['latency_ms']} ms/face (measured on the AVX-512 AMD EPYC host).", ""]
+              f"{PEER['latency_ms']} ms/face (measured on the AVX-512 AMD EPYC host).", *seed_table(seed_groups(rows)),
+              ""]
     write_text(path, "\n".join(lines))
 
 
@@ -228,7 +272,7 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"error: no finished FER2013 runs at {args.tracking_uri} (and none in {previous})")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(previous, {"rows": rows})
+    write_json(previous, {"rows": rows, "seeds": seed_groups(rows)})
     write_table(rows, out.with_suffix(".md"))
     write_chart(rows, out.with_name(out.name + "-zoo.png"))
     print(f"{len(rows)} runs -> {out.with_suffix('.md')}, {out.with_name(out.name + '-zoo.png')}")

@@ -104,3 +104,20 @@ def test_the_recipe_cell_tells_the_seed_preset_from_ours() -> None:
     assert zoo.recipe(flat) == "adam constant 0.001, wd 0.0, cw none, no augmentation, 115 min"
     ours = {k: str(v) for k, v in to_flat_dict(parse_params(compose(["experiment=fer2013"]))).items()}
     assert "no augmentation" not in zoo.recipe(ours) and zoo.recipe(ours).startswith("adamw onecycle")
+
+
+def test_seeds_of_one_preset_on_one_host_are_summarised_and_other_hosts_are_not_mixed_in() -> None:
+    zoo = _load_zoo()
+    base = {"preset": "fer2013", "recipe": "adamw", "host": "Intel A", "val": 0.66, "epochs": 69, "img_s": 276}
+    rows = [dict(base, name="a-s42", seed="42", int8=0.6748), dict(base, name="a-s1", seed="1", int8=0.6800),
+            dict(base, name="b-s42", seed="42", int8=0.6938, host="AMD B"),  # one seed on its host: no summary
+            dict(base, name="a-other", seed="7", int8=0.60, recipe="sgd"),  # another recipe is not a seed
+            dict(base, name="a-nopreset", seed="3", int8=0.50, preset="")]
+    (group,) = zoo.seed_groups(rows)
+    assert (group["host"], group["seeds"], group["runs"]) == ("Intel A", ["1", "42"], ["a-s1", "a-s42"])
+    assert abs(group["int8_mean"] - 0.6774) < 1e-12
+    assert abs(group["int8_range"] - 0.0052) < 1e-12
+    assert abs(group["int8_std"] - 0.0052 / 2 ** 0.5) < 1e-12
+    table = "\n".join(zoo.seed_table([group]))
+    assert "| `fer2013` | Intel A | 1 (a-s1), 42 (a-s42) |" in table and "**67.74%**" in table
+    assert zoo.seed_groups(rows[2:]) == [] and zoo.seed_table([]) == []
