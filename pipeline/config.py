@@ -493,6 +493,9 @@ def to_flat_dict(params: Params) -> dict[str, str]:
 
 
 PRESET_SHAPING = ("model.", "train.", "quantize.views.")  # what makes a preset's model (data may live anywhere)
+# A run's draw and its inputs, not its recipe: `-S train.seed=1` is the preset's second seed, and the
+# distillation preset is run with the teacher a user names.
+PRESET_FREE = ("train.seed", "train.distill.teachers")
 
 
 @functools.cache
@@ -506,7 +509,7 @@ def preset_params(pattern: str = "*", conf_dir: Path = CONF_DIR) -> dict[str, di
             flat = to_flat_dict(parse_params(compose([f"experiment={path.stem}"], conf_dir=conf_dir)))
         except Exception:  # Hydra's and our ConfigError alike; the preset's own run reports it when used
             continue
-        presets[path.stem] = {k: v for k, v in flat.items() if k.startswith(PRESET_SHAPING)}
+        presets[path.stem] = {k: v for k, v in flat.items() if k.startswith(PRESET_SHAPING) and k not in PRESET_FREE}
     return presets
 
 

@@ -90,6 +90,10 @@ def test_a_run_is_named_by_the_preset_whose_model_and_train_params_it_has() -> N
     assert preset_of(logged, presets) == "fer2013_fast"  # data params don't matter
     assert preset_of(logged | {"quantize.views.zoom": "44"}, presets) == "fer2013"
     assert preset_of(logged | {"train.lr": "0.001"}, presets) == ""
+    assert preset_of(logged | {"train.seed": "1"}, presets) == "fer2013_fast"  # another seed of the preset
+    distilled = to_flat_dict(parse_params(compose(["experiment=fer2013_distill",
+                                                   "train.distill.teachers=[release:fer-expression-fer2013-x]"])))
+    assert preset_of(distilled, presets) == "fer2013_distill"  # with the teacher the user named
     # a run from before the views moved to the export step logged them as model.tta_*
     older = {k: v for k, v in logged.items() if not k.startswith("quantize.views.")}
     assert preset_of(zoo.modern(older | {"model.tta_flip": "true", "model.tta_zoom": "44"}), presets) == "fer2013"
