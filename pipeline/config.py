@@ -129,9 +129,30 @@ class ConvNetConfig(ModelConfig):
         return None
 
 
+@dataclass
+class ResNetSEConfig(ModelConfig):
+    """A ResNet of basic blocks (two 3x3 convs and a shortcut), each gated by squeeze-and-excitation:
+    stage i has `blocks[i]` blocks of `filters[i]` channels, and each stage after the first halves the
+    resolution with a strided first conv (the shortcut then a strided 1x1 conv)."""
+
+    filters: list[int] = required()
+    blocks: list[int] = required()
+    se_ratio: int = bounded(ge=0)  # the SE gate's channel reduction (channels / ratio hidden units); 0 = no SE
+    dropout: float = bounded(ge=0.0, lt=1.0)
+
+    def check(self) -> str | None:
+        """Cross-field rules: one block count per stage, and no more stages than 48 px can halve into."""
+        if not 1 <= len(self.filters) <= 5 or not all(f >= 1 for f in self.filters):
+            return f"filters = {self.filters}: must list 1 to 5 stages (48 px halves to 3), each with >= 1 channel"
+        if len(self.blocks) != len(self.filters) or not all(1 <= b <= 4 for b in self.blocks):
+            return f"blocks = {self.blocks}: must hold one count from 1 to 4 per stage ({len(self.filters)} stages)"
+        return None
+
+
 MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
     "seed_cnn": SeedCNNConfig,
     "convnet": ConvNetConfig,
+    "resnet_se": ResNetSEConfig,
 }
 
 

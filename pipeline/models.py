@@ -16,7 +16,7 @@ from collections.abc import Callable
 import keras
 from keras import layers, ops
 
-from pipeline.config import MODEL_SCHEMAS, ConvNetConfig, ModelConfig, SeedCNNConfig, ViewsConfig
+from pipeline.config import MODEL_SCHEMAS, ConvNetConfig, ModelConfig, ResNetSEConfig, SeedCNNConfig, ViewsConfig
 from pipeline.inference.contract import CLASSES, IMAGE_SIZE
 
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
@@ -112,6 +112,43 @@ def convnet(cfg: ConvNetConfig) -> keras.Model:
     x = layers.Dropout(cfg.dropout)(x)
     outputs = layers.Dense(len(CLASSES), activation="softmax", dtype="float32", name="scores")(x)
     return keras.Model(inputs, outputs, name="convnet")
+
+
+def _squeeze_excite(x, ratio: int):
+    """Channel gates from the map's global average: a learned reweighting of what the block found."""
+    channels = x.shape[-1]
+    gate = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    gate = layers.Dense(max(4, channels // ratio), activation="relu")(gate)
+    gate = layers.Dense(channels, activation="sigmoid")(gate)
+    return layers.Multiply()([x, gate])
+
+
+def _basic_block(x, filters: int, stride: int, se_ratio: int):
+    y = _conv_bn_relu(x, filters, stride=stride)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM)(y)
+    if se_ratio:
+        y = _squeeze_excite(y, se_ratio)
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(x)
+        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM)(shortcut)
+    return layers.ReLU()(layers.Add()([shortcut, y]))
+
+
+@architecture("resnet_se")
+def resnet_se(cfg: ResNetSEConfig) -> keras.Model:
+    """ResNet basic blocks with squeeze-and-excitation, sized for 48x48: a full-resolution 3x3 stem, then
+    stages that halve the resolution; the shortcuts let deeper stacks train in a short budget."""
+    inputs, x = _pixels_in()
+    x = _conv_bn_relu(x, cfg.filters[0])
+    for stage, filters in enumerate(cfg.filters):
+        for i in range(cfg.blocks[stage]):
+            x = _basic_block(x, filters, stride=2 if stage and not i else 1, se_ratio=cfg.se_ratio)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(cfg.dropout)(x)
+    outputs = layers.Dense(len(CLASSES), activation="softmax", dtype="float32", name="scores")(x)
+    return keras.Model(inputs, outputs, name="resnet_se")
 
 
 def build_model(cfg: ModelConfig) -> keras.Model:

@@ -63,7 +63,8 @@ def test_committed_params_yaml_equals_default_composition() -> None:
 def _broken(path: str, value: object) -> OmegaConf:
     # the other half of a combination that each value alone would pass
     context = {"quantize.register": ["quantize.variants=[int8]"],
-               "train.time_budget_min": ["train.distribute=multi_worker"]}
+               "train.time_budget_min": ["train.distribute=multi_worker"],
+               "model.blocks": ["model=resnet_se"], "model.se_ratio": ["model=resnet_se"]}
     cfg = compose(context.get(path, []))
     OmegaConf.update(cfg, path, value, force_add=True)
     return cfg
@@ -78,10 +79,12 @@ def _broken(path: str, value: object) -> OmegaConf:
     ("train.optimizer", "adamax", "train.optimizer: Invalid value 'adamax', expected one of [adam, adamw, sgd]"),
     ("train.distribute", "mirorred",
      "train.distribute: Invalid value 'mirorred', expected one of [none, mirrored, multi_worker]"),
-    ("model.name", "resnet", "model.name = 'resnet': must be one of seed_cnn, convnet"),
+    ("model.name", "resnet", "model.name = 'resnet': must be one of seed_cnn, convnet, resnet_se"),
     ("data.source", "imagenet", "data.source = 'imagenet': must be one of synthetic, fer2013, fer2013_csv"),
     ("model.filters", [16, "x"], "model.filters[1]: Value 'x' of type 'str' could not be converted to Integer"),
     ("model.convs", [2, 2], "model.convs = [2, 2]: must hold one count from 1 to 4 per stage (3 stages)"),
+    ("model.blocks", [1, 1], "model.blocks = [1, 1]: must hold one count from 1 to 4 per stage (4 stages)"),
+    ("model.se_ratio", -1, "model.se_ratio = -1: must be >= 0"),
     ("trian.epochs", 3, "trian: unknown section (allowed: data, model, train,"),
     # combinations that each value alone would pass, which would otherwise fail hours later
     ("quantize.register", "dynamic", "quantize.register = dynamic: must be one of quantize.variants"),

@@ -79,3 +79,24 @@ def test_convnet_options_build(separable: bool) -> None:
     cfg = model_cfg("small_cnn", separable=separable, stem_stride=2, dense=32, convs=[2, 2, 2])
     model = build_model(cfg)
     assert model.output_shape == (None, 7)
+
+
+@pytest.mark.parametrize("se_ratio", [0, 8])
+def test_resnet_se_takes_raw_pixels_and_gates_only_when_asked(se_ratio: int) -> None:
+    model = build_model(model_cfg("resnet_se", se_ratio=se_ratio, filters=[8, 16], blocks=[1, 2]))
+    out = model(np.full((2, 48, 48, 1), 255.0, np.float32), training=False).numpy()
+    assert out.shape == (2, 7) and np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
+    kinds = [layer.__class__.__name__ for layer in model.layers]
+    assert kinds.count("Add") == 3  # one shortcut per block
+    assert kinds.count("Multiply") == (3 if se_ratio else 0)  # one SE gate per block
+    # the second stage halves the resolution; its first block's shortcut is a strided 1x1 projection
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    projections = [conv for conv in convs if conv.kernel_size == (1, 1)]
+    assert [(p.strides, p.filters) for p in projections] == [((2, 2), 16)]
+    assert model.get_layer(index=-1).input.shape[-1] == 16
+
+
+def test_resnet_se_preset_costs_about_what_fer_vgg_does() -> None:
+    """Its conf/model/resnet_se.yaml is meant as fer_vgg's like-for-like rival under one time budget."""
+    resnet, vgg = (count_macs(build_model(model_cfg(name))) for name in ("resnet_se", "fer_vgg"))
+    assert 0.8 < resnet / vgg < 1.25

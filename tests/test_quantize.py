@@ -51,6 +51,17 @@ def test_every_variant_takes_raw_pixels_and_agrees_with_keras(core, tmp_path: Pa
     assert int8["dtype"] == np.uint8 and int8["quantization"] == (1.0, 0)  # raw pixels pass straight in
 
 
+def test_a_resnet_with_squeeze_excite_gates_survives_int8(tmp_path: Path) -> None:
+    """SE gates (sigmoid scores multiplied into the map) are where int8 converters lose agreement first."""
+    keras.utils.set_random_seed(0)
+    net = build_model(parse_params(compose(["model=resnet_se", "model.filters=[8,16]", "model.blocks=[1,1]"])).model)
+    model, paths = exported(net, tmp_path, "quantize.variants=[float32,int8]", "quantize.register=int8")
+    reference = model.predict(FACES[..., None].astype(np.float32), verbose=0)
+    for variant, tolerance in (("float32", 1e-3), ("int8", 0.02)):
+        scores = TFLiteClassifier(paths[variant], list(CLASSES)).predict(FACES)
+        assert np.abs(scores - reference).max() < tolerance, variant
+
+
 def test_views_are_part_of_the_exported_model(core, tmp_path: Path) -> None:
     model, paths = exported(core, tmp_path, "quantize.views.flip=true", "quantize.variants=[float32]",
                             "quantize.register=float32")
