@@ -135,6 +135,8 @@ def recipe(p: dict[str, str]) -> str:
         parts.append(f"erase {p['train.augment.erasing']}")
     if float(p.get("train.augment.mixup", 0)):
         parts.append(f"mixup {p['train.augment.mixup']}")
+    if float(p.get("train.augment.cutmix", 0)):
+        parts.append(f"cutmix {p['train.augment.cutmix']}")
     if float(p.get("train.time_budget_min", 0)):
         parts.append(f"{float(p['train.time_budget_min']):g} min")
     return ", ".join(parts)

@@ -204,6 +204,7 @@ class AugmentConfig:
     brightness: float = bounded(ge=0.0, le=1.0)
     contrast: float = bounded(ge=0.0, lt=1.0)
     mixup: float = bounded(ge=0.0, le=1.0)
+    cutmix: float = bounded(ge=0.0, le=1.0)
     erasing: float = bounded(ge=0.0, le=1.0)
 
 

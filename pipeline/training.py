@@ -112,6 +112,19 @@ def mixup(x: tf.Tensor, y: tf.Tensor, alpha: float, seed: int) -> tuple[tf.Tenso
     return x, lam * y + (1 - lam) * tf.reverse(y, [0])
 
 
+def cutmix(factor: float, seed: int) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """Keras' CutMix as a tf.data map over (pixels, targets) batches: each face gets a patch of another face
+    of its batch, and its targets (labels, or the teachers' mix) are mixed by the patch's area (Keras takes
+    the area of the real-valued box, within a pixel row and column of the pasted grid cells)."""
+    layer = keras.layers.CutMix(factor, seed=seed, dtype="float32")  # raw 0-255 pixels, whatever the policy
+
+    def apply(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        mixed = layer({"images": x, "labels": y}, training=True)
+        return mixed["images"], mixed["labels"]
+
+    return apply
+
+
 def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, training: bool,
                  targets: np.ndarray | None = None) -> tf.data.Dataset:
     """Batches of (raw pixels, one-hot labels, or `targets` [N, 7] when given), augmented when training."""
@@ -127,6 +140,9 @@ def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, training: bo
         if cfg.augment.mixup:
             ds = ds.enumerate().map(lambda i, ab: mixup(*ab, cfg.augment.mixup, cfg.seed + tf.cast(i, tf.int32)),
                                     num_parallel_calls=tf.data.AUTOTUNE)
+        if cfg.augment.cutmix:
+            ds = ds.map(cutmix(cfg.augment.cutmix, cfg.seed), num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=cfg.deterministic or None)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

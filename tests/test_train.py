@@ -88,10 +88,11 @@ def test_a_stale_checkpoint_folder_is_removed(tmp_path: Path, monkeypatch) -> No
 
 
 def test_the_gpu_preset_trains_a_few_steps_on_cpu(splits, tmp_path: Path) -> None:
-    """mixed float16, MirroredStrategy over the one device there is, mixup; exported in float32. The network is
-    narrowed (the recipe is under test, and float16 is emulated slowly on a CPU)."""
+    """mixed float16, MirroredStrategy over the one device there is, mixup and cutmix; exported in float32. The
+    network is narrowed (the recipe is under test, and float16 is emulated slowly on a CPU)."""
     p = parse_params(compose(["experiment=fer2013_full", "data=synthetic", "train.epochs=1", "train.batch_size=32",
-                              "train.max_train_samples=64", "model.filters=[8,8,16,16]", "model.dense=16"]))
+                              "train.max_train_samples=64", "model.filters=[8,8,16,16]", "model.dense=16",
+                              "train.augment.cutmix=0.5"]))
     assert (p.train.precision, p.train.distribute) == ("mixed_float16", "mirrored") and p.train.augment.mixup > 0
     result = train(p.model, p.train, *splits, tmp_path / "ckpt")
     assert result.metrics["train/epochs"] == 1

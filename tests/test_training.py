@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import compose, parse_params
-from pipeline.training import TimeBudget, augmenter, lr_schedule, optimizer
+from pipeline.training import TimeBudget, augmenter, lr_schedule, make_dataset, optimizer
 
 
 def _train_config(**overrides):
@@ -71,3 +71,24 @@ def test_random_erasing_replaces_a_patch_in_the_configured_share_of_faces() -> N
     changed = (np.asarray(half(faces, training=True)) != 128).mean(axis=(1, 2, 3))
     assert 0.4 < (changed > 0).mean() < 0.6
     assert 0.01 < changed[changed > 0].mean() < 0.25  # a patch, not the face
+
+
+def test_cutmix_pastes_a_patch_of_another_face_and_mixes_the_labels_by_its_area() -> None:
+    # seven flat faces of distinct grey levels, one per class: every pixel tells whose face it came from
+    x = np.repeat(np.arange(1, 8, dtype=np.uint8)[:, None, None] * 30, 48 * 48).reshape(7, 48, 48)
+    y = np.arange(7)
+    cfg = _train_config(**{"augment.cutmix": 1.0, "augment.erasing": 0.0, "augment.brightness": 0,
+                           "augment.contrast": 0, "augment.rotation": 0, "augment.zoom": 0, "augment.shift": 0,
+                           "augment.flip": False, "batch_size": 7})
+    patched = 0
+    for images, targets in make_dataset(x, y, cfg, training=True).repeat(20):  # one batch per epoch
+        for face, target in zip(images.numpy()[..., 0], targets.numpy(), strict=True):
+            levels, counts = np.unique(face, return_counts=True)
+            assert len(levels) <= 2 and set(levels) <= set(x[:, 0, 0])  # its own face and one other, no blend
+            share = dict(zip((levels / 30 - 1).astype(int), counts / face.size, strict=True))
+            # Keras weighs the labels by the patch's real-valued box; the pasted pixels are its grid cells,
+            # so the two differ by at most one row and one column of pixels (2/48 of the face)
+            np.testing.assert_allclose(target, [share.get(c, 0.0) for c in range(7)], atol=2 / 48)
+            assert abs(target.sum() - 1) < 1e-5
+            patched += len(levels) == 2
+    assert patched > 20  # most of 140 faces got a patch
