@@ -135,6 +135,9 @@ def recipe(p: dict[str, str]) -> str:
         parts.append(f"erase {p['train.augment.erasing']}")
     if float(p.get("train.augment.mixup", 0)):
         parts.append(f"mixup {p['train.augment.mixup']}")
+    if float(p.get("train.distill.weight", 0)):
+        parts.append(f"distilled from {p.get('train.distill.teachers', '?')} (weight {p['train.distill.weight']}, "
+                     f"T {p.get('train.distill.temperature')})")
     if float(p.get("train.augment.cutmix", 0)):
         parts.append(f"cutmix {p['train.augment.cutmix']}")
     if float(p.get("train.time_budget_min", 0)):
