@@ -234,10 +234,11 @@ def write_chart(rows: list[dict], path: Path) -> None:
         ax.scatter(r["lat_int8"], r["int8"] * 100, s=40 + r["mmacs"], facecolors="none" if earlier else colours[where],
                    edgecolors=colours[where], label=where)
         x, y = r["lat_int8"], r["int8"] * 100
-        crowded = any(abs(y - py) < 0.3 and abs(x / px - 1) < 0.1 for px, py in placed)  # a label just above
+        # labels already placed within reach of this one (a label spans about 2.5x of the log axis): stack below
+        crowded = sum(abs(y - py) < 0.3 and max(x, px) / min(x, px) < 2.5 for px, py in placed)
         placed.append((x, y))
         label = f"{r['preset']} ({r['name']})" if r.get("preset") else r["name"]
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, -11 if crowded else 4),
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4 - 11 * crowded),
                     fontsize=8, color="#999999" if earlier else "black")
     ax.scatter(PEER["latency_ms"], PEER["accuracy"] * 100, marker="x", color="#e45756", s=60)
     ax.annotate(PEER["name"], (PEER["latency_ms"], PEER["accuracy"] * 100), textcoords="offset points",
