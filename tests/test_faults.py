@@ -65,7 +65,7 @@ def test_unknown_group_option_names_the_allowed_values(tmp_path: Path) -> None:
     params.model.name = "resnet"
     (work / "params.yaml").write_text(OmegaConf.to_yaml(params))
     result = stage("prepare", work, env)
-    assert last_line(result).endswith("params.yaml: model.name = 'resnet': must be one of seed_cnn, convnet")
+    assert last_line(result).endswith("params.yaml: model.name = 'resnet': must be one of seed_cnn, convnet, resnet_se")
 
 
 def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
