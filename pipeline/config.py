@@ -109,6 +109,13 @@ class SeedCNNConfig(ModelConfig):
     conv_dropout: float = bounded(ge=0.0, lt=1.0)
 
 
+def per_stage(key: str, counts: list[int], stages: int) -> str | None:
+    """The rule every staged architecture shares: one count from 1 to 4 per stage of `filters`."""
+    if len(counts) != stages or not all(1 <= c <= 4 for c in counts):
+        return f"{key} = {counts}: must hold one count from 1 to 4 per stage ({stages} stages)"
+    return None
+
+
 @dataclass
 class ConvNetConfig(ModelConfig):
     """A BN-ReLU VGG-style net: `filters[i]` channels and `convs[i]` 3x3 convs in stage i, max-pool between."""
@@ -124,9 +131,7 @@ class ConvNetConfig(ModelConfig):
         """Cross-field rules, reported like a bound: at least one stage, one entry of `convs` per stage."""
         if not self.filters or not all(f >= 1 for f in self.filters):
             return f"filters = {self.filters}: must list at least one stage, each with >= 1 channel"
-        if len(self.convs) != len(self.filters) or not all(1 <= c <= 4 for c in self.convs):
-            return f"convs = {self.convs}: must hold one count from 1 to 4 per stage ({len(self.filters)} stages)"
-        return None
+        return per_stage("convs", self.convs, len(self.filters))
 
 
 @dataclass
@@ -144,9 +149,7 @@ class ResNetSEConfig(ModelConfig):
         """Cross-field rules: one block count per stage, and no more stages than 48 px can halve into."""
         if not 1 <= len(self.filters) <= 5 or not all(f >= 1 for f in self.filters):
             return f"filters = {self.filters}: must list 1 to 5 stages (48 px halves to 3), each with >= 1 channel"
-        if len(self.blocks) != len(self.filters) or not all(1 <= b <= 4 for b in self.blocks):
-            return f"blocks = {self.blocks}: must hold one count from 1 to 4 per stage ({len(self.filters)} stages)"
-        return None
+        return per_stage("blocks", self.blocks, len(self.filters))
 
 
 MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
