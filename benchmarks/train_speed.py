@@ -53,6 +53,7 @@ SETTINGS = [
     Setting("mixed_bfloat16", (BF16,)),
     Setting("mixed_bfloat16, oneDNN off", (BF16,), ONEDNN_OFF),
     Setting("mixed_bfloat16, 1 thread", (BF16,), threads=1),
+    Setting("mixed_bfloat16, SAM", (BF16, "train.sam_rho=0.05")),
     Setting("seed_cnn, float32", (F32,), model="seed_cnn"),
     Setting("seed_cnn, mixed_bfloat16", (BF16,), model="seed_cnn"),
     Setting("small_cnn, float32", (F32,), model="small_cnn"),
@@ -68,7 +69,7 @@ def measure(setting: Setting, steps: int) -> dict[str, object]:
     from pipeline.config import compose, parse_params
     from pipeline.inference.contract import CLASSES
     from pipeline.models import build_model, count_macs
-    from pipeline.training import compile_for_training, make_dataset, onednn_enabled
+    from pipeline.training import compile_for_training, make_dataset, onednn_enabled, sharpness_aware
 
     if setting.threads:
         tf.config.threading.set_intra_op_parallelism_threads(setting.threads)
@@ -92,7 +93,7 @@ def measure(setting: Setting, steps: int) -> dict[str, object]:
         pass
     pipeline_img_s = n / (time.perf_counter() - start)
 
-    net = build_model(params.model)
+    net = sharpness_aware(build_model(params.model), cfg.sam_rho)
     compile_for_training(net, cfg, steps)
     net.jit_compile = setting.jit
     net.fit(ds, epochs=1, verbose=0)  # tracing and first-touch costs

@@ -47,6 +47,7 @@ from pipeline.training import (
     onednn_enabled,
     read_history,
     resolve_precision,
+    sharpness_aware,
     worker_checkpoint,
     write_history,
 )
@@ -136,7 +137,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     csv_log = checkpoint / "history.csv"
     steps = math.ceil(len(x_train) / cfg.batch_size)
     with strategy.scope():
-        model = build_model(model_cfg)
+        model = sharpness_aware(build_model(model_cfg), cfg.sam_rho)
         compile_for_training(model, cfg, steps)
     macs = count_macs(model)
     print(f"[train] {model_cfg.name}: {model.count_params():,} parameters, {macs / 1e6:.1f} M MACs/face; "
@@ -155,7 +156,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
                   shuffle=False, validation_data=make_dataset(x_val, y_val, cfg, training=False),
                   class_weight=class_weights(y_train, cfg.class_weight), callbacks=[*callbacks, safe_points])
     seconds = spent + time.perf_counter() - start
-    if precision != "float32":  # export a float32 graph: the converter and LiteRT want plain floats
+    if precision != "float32" or cfg.sam_rho:  # export a plain float32 graph, as the converter and LiteRT want
         model = float32_copy(model, model_cfg)
     history = read_history(csv_log)
     scores = model.predict(x_val[..., None].astype(np.float32), batch_size=256, verbose=0)

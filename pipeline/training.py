@@ -215,6 +215,47 @@ def compile_for_training(model: keras.Model, cfg: TrainConfig, steps_per_epoch: 
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), metrics=["accuracy"])
 
 
+class SharpnessAware(keras.Model):
+    """Sharpness-aware minimisation (SAM, Foret et al. 2021): each step first moves the weights uphill by
+    `rho` along their gradient (the worst point of a small ball around them, to first order), takes the
+    gradient there, and applies it to the weights it started from, so training prefers flat minima.
+
+    Two forward and backward passes per step, twice the compute: under a time budget, flatness is
+    bought with epochs. The step at the moved weights is Keras' own (`super().train_step`: loss, update,
+    metrics; the loss shown is the moved weights' loss). Moving back after the update is exact for the
+    optimizer's step, which does not depend on the weights; AdamW's decay also sees the move, an error of
+    lr x weight_decay x rho, far below one update. Each replica moves by its own batch's gradient, as SAM's
+    paper does on several devices. Training only: `train` exports a plain copy of the network.
+    """
+
+    rho = 0.0
+
+    def train_step(self, data: object) -> dict[str, object]:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        weights = self.trainable_weights
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(x=x, y=y, y_pred=self(x, training=True), sample_weight=sample_weight,
+                                     training=True)
+        gradients = tape.gradient(loss, weights)
+        scale = self.rho / (tf.linalg.global_norm(gradients) + 1e-12)
+        moves = [g * tf.cast(scale, g.dtype) for g in gradients]
+        for w, move in zip(weights, moves, strict=True):
+            w.assign_add(move)
+        logs = super().train_step(data)
+        for w, move in zip(weights, moves, strict=True):
+            w.assign_sub(move)
+        return logs
+
+
+def sharpness_aware(model: keras.Model, rho: float) -> keras.Model:
+    """`model` trained with SAM of radius `rho` (the same layers and weights); `model` itself when rho is 0."""
+    if not rho:
+        return model
+    sam = SharpnessAware(model.inputs, model.outputs, name=model.name)
+    sam.rho = rho
+    return sam
+
+
 def early_stopping(cfg: TrainConfig) -> keras.callbacks.EarlyStopping:
     """Stop after `early_stopping_patience` epochs without a val gain (0: never) and, with `keep_best`, end
     with the best validation epoch's weights: model selection on val, never on test."""
@@ -338,7 +379,8 @@ def read_history(path: Path) -> list[dict[str, float]]:
 
 
 def float32_copy(model: keras.Model, cfg: ModelConfig) -> keras.Model:
-    """The same weights in a float32 model (mixed-precision training keeps float32 master weights)."""
+    """The same weights in a plain float32 model, as exported: mixed-precision training keeps float32 master
+    weights, and a training-only class such as `SharpnessAware` must not reach the saved file."""
     keras.mixed_precision.set_global_policy("float32")
     clone = build_model(cfg)
     clone.set_weights(model.get_weights())

@@ -15,6 +15,7 @@ from pipeline.config import compose, parse_params
 from pipeline.prepared import PreparedReport
 from pipeline.synthetic import generate
 from pipeline.train import checkpoint_dir, train
+from pipeline.training import SharpnessAware
 
 TINY = ["data.n_train=280", "data.n_test=70", "train.epochs=2", "train.batch_size=32"]
 
@@ -88,11 +89,11 @@ def test_a_stale_checkpoint_folder_is_removed(tmp_path: Path, monkeypatch) -> No
 
 
 def test_the_gpu_preset_trains_a_few_steps_on_cpu(splits, tmp_path: Path) -> None:
-    """mixed float16, MirroredStrategy over the one device there is, mixup and cutmix; exported in float32. The
+    """mixed float16, MirroredStrategy over the one device there is, mixup, cutmix and SAM; exported in float32. The
     network is narrowed (the recipe is under test, and float16 is emulated slowly on a CPU)."""
     p = parse_params(compose(["experiment=fer2013_full", "data=synthetic", "train.epochs=1", "train.batch_size=32",
                               "train.max_train_samples=64", "model.filters=[8,8,16,16]", "model.dense=16",
-                              "train.augment.cutmix=0.5"]))
+                              "train.augment.cutmix=0.5", "train.sam_rho=0.05"]))
     assert (p.train.precision, p.train.distribute) == ("mixed_float16", "mirrored") and p.train.augment.mixup > 0
     result = train(p.model, p.train, *splits, tmp_path / "ckpt")
     assert result.metrics["train/epochs"] == 1
@@ -127,3 +128,13 @@ def test_distillation_targets_mix_softened_teacher_scores_with_the_labels() -> N
     half = distillation_targets(y, teacher, 0.5, 1.0)
     assert half[0].tolist() == pytest.approx([0.55, 0, 0, 0.45, 0, 0, 0])
     np.testing.assert_allclose(half.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_sam_trains_and_exports_a_plain_model_that_loads_without_the_training_class(splits, tmp_path: Path) -> None:
+    p = params("train.sam_rho=0.05")
+    result = train(p.model, p.train, *splits, tmp_path / "ckpt")
+    assert result.metrics["train/epochs"] == 2 and not isinstance(result.model, SharpnessAware)
+    result.model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")  # no custom_objects: a plain Keras model
+    faces = splits[1][0][:4, ..., None].astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(faces, verbose=0), result.model.predict(faces, verbose=0), atol=1e-6)

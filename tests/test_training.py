@@ -8,6 +8,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline.config import compose, parse_params
 from pipeline.training import TimeBudget, augmenter, lr_schedule, make_dataset, optimizer
@@ -92,3 +93,40 @@ def test_cutmix_pastes_a_patch_of_another_face_and_mixes_the_labels_by_its_area(
             assert abs(target.sum() - 1) < 1e-5
             patched += len(levels) == 2
     assert patched > 20  # most of 140 faces got a patch
+
+
+def test_a_sam_step_applies_the_gradient_of_the_weights_moved_uphill_by_rho() -> None:
+    from pipeline.training import sharpness_aware
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 3)).astype("float32"), keras.utils.to_categorical(np.arange(16) % 2, 2)
+    rho, lr = 0.5, 0.1
+
+    def net() -> keras.Model:
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((3,))
+        return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+
+    loss = keras.losses.CategoricalCrossentropy()
+
+    def gradient(weights: list[np.ndarray]) -> list[np.ndarray]:
+        model = net()
+        model.set_weights(weights)
+        with tf.GradientTape() as tape:
+            value = loss(y, model(x, training=True))
+        return [g.numpy() for g in tape.gradient(value, model.trainable_weights)]
+
+    start = net().get_weights()
+    g = gradient(start)
+    norm = np.sqrt(sum((a ** 2).sum() for a in g))
+    g_moved = gradient([w + rho * a / norm for w, a in zip(start, g, strict=True)])
+    expected = [w - lr * a for w, a in zip(start, g_moved, strict=True)]
+    plain = [w - lr * a for w, a in zip(start, g, strict=True)]
+
+    sam = sharpness_aware(net(), rho)
+    sam.compile(optimizer=keras.optimizers.SGD(lr), loss=loss)
+    sam.train_on_batch(x, y)
+    for got, want, other in zip(sam.get_weights(), expected, plain, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got, other, atol=1e-4)  # the move mattered: not a plain step
+    assert sharpness_aware(sam, 0.0) is sam  # rho 0: the model as it is
