@@ -102,27 +102,29 @@ def augmenter(cfg: TrainConfig) -> keras.Sequential:
     return keras.Sequential(steps, name="augment")
 
 
-def mixup(x: tf.Tensor, y: tf.Tensor, alpha: float, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Blend each example with its mirror in the batch, weight ~ Beta(alpha, alpha)."""
-    n = tf.shape(x)[0]
-    g1 = tf.random.stateless_gamma([n, 1], seed=[seed, 1], alpha=alpha)
-    g2 = tf.random.stateless_gamma([n, 1], seed=[seed, 2], alpha=alpha)
-    lam = g1 / (g1 + g2)
-    x = lam[:, :, None, None] * x + (1 - lam[:, :, None, None]) * tf.reverse(x, [0])
-    return x, lam * y + (1 - lam) * tf.reverse(y, [0])
-
-
-def cutmix(factor: float, seed: int) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-    """Keras' CutMix as a tf.data map over (pixels, targets) batches: each face gets a patch of another face
-    of its batch, and its targets (labels, or the teachers' mix) are mixed by the patch's area (Keras takes
-    the area of the real-valued box, within a pixel row and column of the pasted grid cells)."""
-    layer = keras.layers.CutMix(factor, seed=seed, dtype="float32")  # raw 0-255 pixels, whatever the policy
+def batch_mixer(layer: keras.Layer) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """A Keras mixing layer (MixUp, CutMix) as a tf.data map over (pixels, targets) batches: each face is mixed
+    with another face of its batch and its targets (labels, or the teachers' mix) in the same proportion."""
 
     def apply(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         mixed = layer({"images": x, "labels": y}, training=True)
         return mixed["images"], mixed["labels"]
 
     return apply
+
+
+def mixers(cfg: TrainConfig) -> list[Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]]:
+    """The configured mixing, float32 whatever the policy (raw 0-255 pixels). MixUp blends two whole faces,
+    the weight ~ Beta(a, a) per face; CutMix pastes a patch of one into the other, the labels mixed by the
+    patch's area (Keras takes the area of the real-valued box, within a pixel row and column of the pasted
+    grid cells)."""
+    a, f32 = cfg.augment, {"dtype": "float32"}
+    layers: list[keras.Layer] = []
+    if a.mixup:
+        layers.append(keras.layers.MixUp(a.mixup, seed=cfg.seed + 7, **f32))
+    if a.cutmix:
+        layers.append(keras.layers.CutMix(a.cutmix, seed=cfg.seed, **f32))
+    return [batch_mixer(layer) for layer in layers]
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, training: bool,
@@ -137,12 +139,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, training: bo
         augment = augmenter(cfg)
         ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=cfg.deterministic or None)
-        if cfg.augment.mixup:
-            ds = ds.enumerate().map(lambda i, ab: mixup(*ab, cfg.augment.mixup, cfg.seed + tf.cast(i, tf.int32)),
-                                    num_parallel_calls=tf.data.AUTOTUNE)
-        if cfg.augment.cutmix:
-            ds = ds.map(cutmix(cfg.augment.cutmix, cfg.seed), num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=cfg.deterministic or None)
+        for mix in mixers(cfg):
+            ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE, deterministic=cfg.deterministic or None)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -74,13 +74,29 @@ def test_random_erasing_replaces_a_patch_in_the_configured_share_of_faces() -> N
     assert 0.01 < changed[changed > 0].mean() < 0.25  # a patch, not the face
 
 
+FLAT = {"augment.erasing": 0.0, "augment.brightness": 0, "augment.contrast": 0, "augment.rotation": 0,
+        "augment.zoom": 0, "augment.shift": 0, "augment.flip": False, "batch_size": 7}
+
+
+def test_mixup_blends_two_faces_and_their_labels_by_the_same_weight() -> None:
+    # seven flat faces of distinct grey levels, one per class: a blend's grey level tells its two faces' shares
+    x = np.repeat(np.arange(1, 8, dtype=np.uint8)[:, None, None] * 30, 48 * 48).reshape(7, 48, 48)
+    cfg = _train_config(**{"augment.mixup": 0.4, **FLAT})
+    blended = 0
+    for images, targets in make_dataset(x, np.arange(7), cfg, training=True).repeat(20):
+        for face, target in zip(images.numpy()[..., 0], targets.numpy(), strict=True):
+            assert np.ptp(face) < 1e-3  # a whole-face blend: still flat
+            np.testing.assert_allclose(face[0, 0], (30 * np.arange(1, 8) * target).sum(), rtol=1e-4)
+            assert abs(target.sum() - 1) < 1e-5 and (target > 1e-3).sum() <= 2
+            blended += (target > 0.05).sum() == 2
+    assert blended > 20  # most of 140 faces mixed with another
+
+
 def test_cutmix_pastes_a_patch_of_another_face_and_mixes_the_labels_by_its_area() -> None:
     # seven flat faces of distinct grey levels, one per class: every pixel tells whose face it came from
     x = np.repeat(np.arange(1, 8, dtype=np.uint8)[:, None, None] * 30, 48 * 48).reshape(7, 48, 48)
     y = np.arange(7)
-    cfg = _train_config(**{"augment.cutmix": 1.0, "augment.erasing": 0.0, "augment.brightness": 0,
-                           "augment.contrast": 0, "augment.rotation": 0, "augment.zoom": 0, "augment.shift": 0,
-                           "augment.flip": False, "batch_size": 7})
+    cfg = _train_config(**{"augment.cutmix": 1.0, **FLAT})
     patched = 0
     for images, targets in make_dataset(x, y, cfg, training=True).repeat(20):  # one batch per epoch
         for face, target in zip(images.numpy()[..., 0], targets.numpy(), strict=True):
