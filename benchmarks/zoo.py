@@ -123,6 +123,10 @@ def preset_name(run: mlflow.entities.Run, presets: dict[str, dict[str, str]], de
     return preset_of(modern(run.data.params), presets, defaults)
 
 
+LEVERS = {"train.augment.erasing": "erase", "train.augment.mixup": "mixup", "train.augment.cutmix": "cutmix",
+          "train.sam_rho": "SAM rho"}  # numeric recipe levers, named in a recipe cell when not 0
+
+
 def recipe(p: dict[str, str]) -> str:
     """What distinguishes the FER2013 runs' recipes, short enough for a table cell."""
     optimizer = " ".join(p[k] for k in ("train.optimizer", "train.schedule", "train.lr") if k in p)
@@ -131,15 +135,12 @@ def recipe(p: dict[str, str]) -> str:
     augment = [v.lower() for k, v in p.items() if k.startswith("train.augment.")]
     if augment and all(v in ("false", "0", "0.0") for v in augment):
         parts.append("no augmentation")
-    if float(p.get("train.augment.erasing", 0)):
-        parts.append(f"erase {p['train.augment.erasing']}")
-    if float(p.get("train.augment.mixup", 0)):
-        parts.append(f"mixup {p['train.augment.mixup']}")
+    parts += [f"{label} {p[key]}" for key, label in LEVERS.items() if float(p.get(key, 0))]
     if float(p.get("train.distill.weight", 0)):
         parts.append(f"distilled from {p.get('train.distill.teachers', '?')} (weight {p['train.distill.weight']}, "
                      f"T {p.get('train.distill.temperature')})")
-    if float(p.get("train.augment.cutmix", 0)):
-        parts.append(f"cutmix {p['train.augment.cutmix']}")
+    if p.get("train.include_val", "").lower() == "true":
+        parts.append("fit on train + val")
     if float(p.get("train.time_budget_min", 0)):
         parts.append(f"{float(p['train.time_budget_min']):g} min")
     return ", ".join(parts)

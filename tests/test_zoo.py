@@ -108,6 +108,11 @@ def test_the_recipe_cell_tells_the_seed_preset_from_ours() -> None:
     assert zoo.recipe(flat) == "adam constant 0.001, wd 0.0, cw none, no augmentation, 115 min"
     ours = {k: str(v) for k, v in to_flat_dict(parse_params(compose(["experiment=fer2013"]))).items()}
     assert "no augmentation" not in zoo.recipe(ours) and zoo.recipe(ours).startswith("adamw onecycle")
+    levers = {k: str(v) for k, v in to_flat_dict(parse_params(compose(
+        ["experiment=fer2013", "train.sam_rho=0.05", "train.augment.cutmix=0.5", "train.include_val=true",
+         "train.keep_best=false"]))).items()}
+    assert "cutmix 0.5, SAM rho 0.05, fit on train + val, 115 min" in zoo.recipe(levers)
+    assert "SAM" not in zoo.recipe(ours) and "train + val" not in zoo.recipe(ours)
 
 
 def test_seeds_of_one_preset_on_one_host_are_summarised_and_other_hosts_are_not_mixed_in() -> None:
