@@ -223,7 +223,8 @@ class SharpnessAware(keras.Model):
     metrics; the loss shown is the moved weights' loss). Moving back after the update is exact for the
     optimizer's step, which does not depend on the weights; AdamW's decay also sees the move, an error of
     lr x weight_decay x rho, far below one update. Each replica moves by its own batch's gradient, as SAM's
-    paper does on several devices. Training only: `train` exports a plain copy of the network.
+    paper does on several devices. BatchNormalization's moving statistics are updated by both passes (the
+    second from the moved weights), as in common SAM code. Training only: `train` exports a plain copy.
     """
 
     rho = 0.0
