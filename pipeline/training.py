@@ -227,7 +227,9 @@ class SharpnessAware(keras.Model):
     second from the moved weights), as in common SAM code. Training only: `train` exports a plain copy.
     """
 
-    rho = 0.0
+    def __init__(self, *args: object, rho: float, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.rho = rho
 
     def train_step(self, data: object) -> dict[str, object]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -250,9 +252,7 @@ def sharpness_aware(model: keras.Model, rho: float) -> keras.Model:
     """`model` trained with SAM of radius `rho` (the same layers and weights); `model` itself when rho is 0."""
     if not rho:
         return model
-    sam = SharpnessAware(model.inputs, model.outputs, name=model.name)
-    sam.rho = rho
-    return sam
+    return SharpnessAware(model.inputs, model.outputs, rho=rho, name=model.name)
 
 
 def early_stopping(cfg: TrainConfig) -> keras.callbacks.EarlyStopping:
