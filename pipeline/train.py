@@ -148,12 +148,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
         for row in resumed if log else []:
             log({k: v for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
     spent = resumed[-1].get("train_s", 0.0) if resumed else 0.0
+    done = int(resumed[-1]["epoch"]) if resumed else 0  # a resumed run draws a fresh random stream
     progress = EpochLog(cfg.epochs, len(x_train), cfg.batch_size, spent, log)
     callbacks = callbacks_for(cfg, progress, checkpoint, steps, spent)
     start = time.perf_counter()
     with SignalsAtSafePoints() as safe_points:  # last: an epoch's history and backup are complete first
-        model.fit(make_dataset(x_train, y_train, cfg, training=True, targets=targets), epochs=cfg.epochs, verbose=0,
-                  shuffle=False, validation_data=make_dataset(x_val, y_val, cfg, training=False),
+        model.fit(make_dataset(x_train, y_train, cfg, training=True, targets=targets, epochs_done=done),
+                  epochs=cfg.epochs, verbose=0, shuffle=False,
+                  validation_data=make_dataset(x_val, y_val, cfg, training=False),
                   class_weight=class_weights(y_train, cfg.class_weight), callbacks=[*callbacks, safe_points])
     seconds = spent + time.perf_counter() - start
     if precision != "float32" or cfg.sam_rho:  # export a plain float32 graph, as the converter and LiteRT want

@@ -74,13 +74,28 @@ def worker_checkpoint(checkpoint: Path, strategy: tf.distribute.Strategy) -> Pat
     return checkpoint / f"worker{strategy.cluster_resolver.task_id}"
 
 
-def augmenter(cfg: TrainConfig) -> keras.Sequential:
+def data_seed(seed: int, epochs_done: int) -> int:
+    """The seed of the shuffle and augmentation streams of a process that starts after `epochs_done` epochs.
+
+    Those streams start again from their seed in every process, so a run resumed with its own seed would see
+    the very batches of its epochs 1, 2, ... again (the long preset's fourth part, after epoch 155, saw
+    its training loss drop at once: faces it had seen in exactly that crop three times). A resumed run
+    draws a fresh stream instead; an uninterrupted run keeps `seed`. Every worker of a cluster keeps the
+    same history, so they agree on it.
+    """
+    if epochs_done == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, epochs_done]).generate_state(1)[0] % 2**30)
+
+
+def augmenter(cfg: TrainConfig, seed: int | None = None) -> keras.Sequential:
     """Batch-level random augmentation from config; every factor 0 leaves the layer out.
 
     Always float32: the pixels are not part of the model, and a mixed-precision policy would otherwise
-    hand float16 batches to the input pipeline.
+    hand float16 batches to the input pipeline. `seed` defaults to `train.seed` (see `data_seed`).
     """
-    a, seed, f32 = cfg.augment, cfg.seed, {"dtype": "float32"}
+    a, f32 = cfg.augment, {"dtype": "float32"}
+    seed = cfg.seed if seed is None else seed
     steps: list[keras.Layer] = []
     if a.flip:
         steps.append(keras.layers.RandomFlip("horizontal", seed=seed, **f32))
@@ -113,33 +128,37 @@ def batch_mixer(layer: keras.Layer) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf
     return apply
 
 
-def mixers(cfg: TrainConfig) -> list[Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]]:
+def mixers(cfg: TrainConfig, seed: int | None = None) -> list[Callable[[tf.Tensor, tf.Tensor],
+                                                                       tuple[tf.Tensor, tf.Tensor]]]:
     """The configured mixing, float32 whatever the policy (raw 0-255 pixels). MixUp blends two whole faces,
     the weight ~ Beta(a, a) per face; CutMix pastes a patch of one into the other, the labels mixed by the
     patch's area (Keras takes the area of the real-valued box, within a pixel row and column of the pasted
     grid cells)."""
     a, f32 = cfg.augment, {"dtype": "float32"}
+    seed = cfg.seed if seed is None else seed
     layers: list[keras.Layer] = []
     if a.mixup:
-        layers.append(keras.layers.MixUp(a.mixup, seed=cfg.seed + 7, **f32))
+        layers.append(keras.layers.MixUp(a.mixup, seed=seed + 7, **f32))
     if a.cutmix:
-        layers.append(keras.layers.CutMix(a.cutmix, seed=cfg.seed, **f32))
+        layers.append(keras.layers.CutMix(a.cutmix, seed=seed, **f32))
     return [batch_mixer(layer) for layer in layers]
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, training: bool,
-                 targets: np.ndarray | None = None) -> tf.data.Dataset:
-    """Batches of (raw pixels, one-hot labels, or `targets` [N, 7] when given), augmented when training."""
+                 targets: np.ndarray | None = None, epochs_done: int = 0) -> tf.data.Dataset:
+    """Batches of (raw pixels, one-hot labels, or `targets` [N, 7] when given), augmented when training;
+    `epochs_done` (by a run this one resumes) picks a fresh random stream, see `data_seed`."""
+    seed = data_seed(cfg.seed, epochs_done)
     ds = tf.data.Dataset.from_tensor_slices((x[..., None].astype(np.float32),
                                              tf.one_hot(y, len(CLASSES)) if targets is None else targets)).cache()
     if training:
-        ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size)
     if training:
-        augment = augmenter(cfg)
+        augment = augmenter(cfg, seed)
         ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=cfg.deterministic or None)
-        for mix in mixers(cfg):
+        for mix in mixers(cfg, seed):
             ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE, deterministic=cfg.deterministic or None)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -146,3 +146,20 @@ def test_a_sam_step_applies_the_gradient_of_the_weights_moved_uphill_by_rho() ->
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         assert not np.allclose(got, other, atol=1e-4)  # the move mattered: not a plain step
     assert sharpness_aware(sam, 0.0) is sam  # rho 0: the model as it is
+
+
+def _first_batch(cfg, epochs_done: int) -> np.ndarray:
+    x = np.random.default_rng(0).integers(0, 255, (64, 48, 48), dtype=np.uint8)
+    return next(iter(make_dataset(x, np.arange(64) % 7, cfg, training=True, epochs_done=epochs_done)))[0].numpy()
+
+
+def test_a_resumed_run_does_not_replay_the_batches_of_its_first_epoch() -> None:
+    # A new process rebuilds the input pipeline from its seeds: with the run's own seed it would start again
+    # at epoch 1's order and augmentation. A fresh pipeline here stands for that new process.
+    cfg = _train_config()
+    first = _first_batch(cfg, 0)
+    np.testing.assert_array_equal(_first_batch(cfg, 0), first)  # an uninterrupted run stays reproducible
+    after_three, after_four = _first_batch(cfg, 3), _first_batch(cfg, 4)
+    assert not np.array_equal(after_three, first)
+    assert not np.array_equal(after_four, after_three)
+    np.testing.assert_array_equal(_first_batch(cfg, 3), after_three)  # a resume is reproducible too
