@@ -78,8 +78,7 @@ def data_seed(seed: int, epochs_done: int) -> int:
     """The seed of the shuffle and augmentation streams of a process that starts after `epochs_done` epochs.
 
     Those streams start again from their seed in every process, so a run resumed with its own seed would see
-    the very batches of its epochs 1, 2, ... again (the long preset's fourth part, after epoch 155, saw
-    its training loss drop at once: faces it had seen in exactly that crop three times). A resumed run
+    the very batches of its epochs 1, 2, ... again, faces it has already fitted in exactly that crop. A resumed run
     draws a fresh stream instead; an uninterrupted run keeps `seed`. Every worker of a cluster keeps the
     same history, so they agree on it.
     """
@@ -88,14 +87,13 @@ def data_seed(seed: int, epochs_done: int) -> int:
     return int(np.random.SeedSequence([seed, epochs_done]).generate_state(1)[0] % 2**30)
 
 
-def augmenter(cfg: TrainConfig, seed: int | None = None) -> keras.Sequential:
+def augmenter(cfg: TrainConfig, seed: int) -> keras.Sequential:
     """Batch-level random augmentation from config; every factor 0 leaves the layer out.
 
     Always float32: the pixels are not part of the model, and a mixed-precision policy would otherwise
-    hand float16 batches to the input pipeline. `seed` defaults to `train.seed` (see `data_seed`).
+    hand float16 batches to the input pipeline. `seed`: see `data_seed`.
     """
     a, f32 = cfg.augment, {"dtype": "float32"}
-    seed = cfg.seed if seed is None else seed
     steps: list[keras.Layer] = []
     if a.flip:
         steps.append(keras.layers.RandomFlip("horizontal", seed=seed, **f32))
@@ -128,14 +126,12 @@ def batch_mixer(layer: keras.Layer) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf
     return apply
 
 
-def mixers(cfg: TrainConfig, seed: int | None = None) -> list[Callable[[tf.Tensor, tf.Tensor],
-                                                                       tuple[tf.Tensor, tf.Tensor]]]:
+def mixers(cfg: TrainConfig, seed: int) -> list[Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]]:
     """The configured mixing, float32 whatever the policy (raw 0-255 pixels). MixUp blends two whole faces,
     the weight ~ Beta(a, a) per face; CutMix pastes a patch of one into the other, the labels mixed by the
     patch's area (Keras takes the area of the real-valued box, within a pixel row and column of the pasted
     grid cells)."""
     a, f32 = cfg.augment, {"dtype": "float32"}
-    seed = cfg.seed if seed is None else seed
     layers: list[keras.Layer] = []
     if a.mixup:
         layers.append(keras.layers.MixUp(a.mixup, seed=seed + 7, **f32))

@@ -65,10 +65,10 @@ def test_without_time_pressure_the_schedule_follows_the_steps() -> None:
 def test_random_erasing_replaces_a_patch_in_the_configured_share_of_faces() -> None:
     faces = np.full((400, 48, 48, 1), 128, np.float32)
     none = augmenter(_train_config(**{"augment.erasing": 0.0, "augment.brightness": 0, "augment.contrast": 0,
-                                      "augment.rotation": 0, "augment.zoom": 0, "augment.shift": 0}))
+                                      "augment.rotation": 0, "augment.zoom": 0, "augment.shift": 0}), seed=42)
     assert np.array_equal(np.asarray(none(faces, training=True)), faces)
     half = augmenter(_train_config(**{"augment.erasing": 0.5, "augment.brightness": 0, "augment.contrast": 0,
-                                      "augment.rotation": 0, "augment.zoom": 0, "augment.shift": 0}))
+                                      "augment.rotation": 0, "augment.zoom": 0, "augment.shift": 0}), seed=42)
     changed = (np.asarray(half(faces, training=True)) != 128).mean(axis=(1, 2, 3))
     assert 0.4 < (changed > 0).mean() < 0.6
     assert 0.01 < changed[changed > 0].mean() < 0.25  # a patch, not the face
