@@ -54,6 +54,8 @@ SETTINGS = [
     Setting("mixed_bfloat16, oneDNN off", (BF16,), ONEDNN_OFF),
     Setting("mixed_bfloat16, 1 thread", (BF16,), threads=1),
     Setting("mixed_bfloat16, SAM", (BF16, "train.sam_rho=0.05")),
+    Setting("mixed_bfloat16, CutMix", (BF16, "train.augment.cutmix=1.0")),
+    Setting("mixed_bfloat16, separable", (BF16, "model.separable=true")),
     Setting("seed_cnn, float32", (F32,), model="seed_cnn"),
     Setting("seed_cnn, mixed_bfloat16", (BF16,), model="seed_cnn"),
     Setting("small_cnn, float32", (F32,), model="small_cnn"),
