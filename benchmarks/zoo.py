@@ -58,6 +58,7 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
     for run in client.search_runs([experiment.experiment_id], "tags.`pipeline.data_family` = 'fer2013'",
                                   order_by=["attributes.start_time DESC"], max_results=500):
         tags, m, p = run.data.tags, run.data.metrics, run.data.params
+        fitted_val = p.get("train.include_val", "").lower() == "true"  # its val figure is on training data
         if not all(tags.get(f"pipeline.stage.{s}") == "done" for s in STAGES):
             continue
         rows.append({
@@ -78,7 +79,7 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
             "lat_f32": m.get("latency_ms_float32_t1"),  # per-variant latency is in benchmark/details.json now
             "size_kb": metric(m, "size/kib", "size_kb_int8"), "seed": p.get("train.seed"),
             "protocol": tags.get("protocol", ""),
-            "val": metric(m, "val/accuracy", "train_val_accuracy") or exported_val(client, run),
+            "val": None if fitted_val else metric(m, "val/accuracy", "train_val_accuracy") or exported_val(client, run),
             "recipe": recipe(p) + ("" if tags.get("train.precision", "float32") == "float32"
                                    else f", {tags['train.precision']}"),
             "host": host(run), "date": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d"),
@@ -171,9 +172,14 @@ def seed_groups(rows: list[dict]) -> list[dict]:
             "preset": preset, "host": where, "recipe": recipe_, "seeds": [r["seed"] for r in members],
             "runs": [r["name"] for r in members], "int8": int8, "int8_mean": statistics.fmean(int8),
             "int8_std": statistics.stdev(int8), "int8_range": max(int8) - min(int8),
-            "val_mean": statistics.fmean(r["val"] for r in members),
+            "val_mean": None if any(r["val"] is None for r in members) else statistics.fmean(r["val"] for r in members),
             "epochs": [r["epochs"] for r in members], "img_s": [r["img_s"] for r in members]})
     return summaries
+
+
+def share(value: float | None, spec: str) -> str:
+    """A table cell; a dash where there is no figure (no held-out val after a fit on train + val)."""
+    return "–" if value is None else format(value, spec)
 
 
 def seed_table(summaries: list[dict]) -> list[str]:
@@ -189,7 +195,8 @@ def seed_table(summaries: list[dict]) -> list[str]:
         lines.append(f"| `{g['preset']}` | {g['host']} | {seeds} | {', '.join(str(e) for e in g['epochs'])} | "
                      f"{', '.join(f'{v:.0f}' for v in g['img_s'])} | "
                      f"{', '.join(f'{v:.2%}' for v in g['int8'])} | **{g['int8_mean']:.2%}** | "
-                     f"{g['int8_std'] * 100:.2f} points | {g['int8_range'] * 100:.2f} points | {g['val_mean']:.2%} |")
+                     f"{g['int8_std'] * 100:.2f} points | {g['int8_range'] * 100:.2f} points | "
+                     f"{share(g['val_mean'], '.2%')} |")
     return lines
 
 
@@ -201,7 +208,8 @@ def write_table(rows: list[dict], path: Path) -> None:
         "(3,589 faces) is the test split (holdout protocol: validation is a seeded stratified 10 % of Training; "
         "'val acc', of the exported model with its TTA, is the only number a recipe was chosen by). Latency: "
         "LiteRT, batch 1, 1 thread, median of the benchmark stage, on the row's host: compare milliseconds, "
-        "images/s and epochs only between rows of one host.",
+        "images/s and epochs only between rows of one host. A run fitted on train + val (its recipe says so) has "
+        "no val figure: its val faces were training data.",
         "",
         "| run | preset | date | host | model | recipe | MACs (M) | epochs | train min | img/s | val acc "
         "| Keras acc | float32 acc | int8 acc | int8 macro-F1 | int8 ms/face | int8 KiB | seed |",
@@ -213,7 +221,8 @@ def write_table(rows: list[dict], path: Path) -> None:
         preset = f"`{r['preset']}`" if r.get("preset") else ""
         lines.append(f"| {r['name']} | {preset} | {r.get('date', '')} | {r.get('host') or 'unknown'} | {name} | "
                      f"{r['recipe']} | {r['mmacs']:.1f} | "
-                     f"{r['epochs']} | {r['train_min']:.0f} | {r['img_s']:.0f} | {r['val']:.4f} | {r['keras']:.4f} | "
+                     f"{r['epochs']} | {r['train_min']:.0f} | {r['img_s']:.0f} | {share(r['val'], '.4f')} | "
+                     f"{r['keras']:.4f} | "
                      f"{r['float32']:.4f} | {r['int8']:.4f} | "
                      f"{r['f1_int8']:.4f} | {r['lat_int8']:.3f} | {r['size_kb']:.0f} | {r['seed']} |")
     lines += ["", "Preset: the experiment preset (`conf/experiment/`) whose model, train and view parameters the run "

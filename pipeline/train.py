@@ -141,7 +141,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
         compile_for_training(model, cfg, steps)
     macs = count_macs(model)
     print(f"[train] {model_cfg.name}: {model.count_params():,} parameters, {macs / 1e6:.1f} M MACs/face; "
-          f"{len(x_train)} train / {len(x_val)} val images, {cfg.epochs} epochs")
+          f"{len(x_train)} train {'(val included)' if cfg.include_val else f'/ {len(x_val)} val'} images, "
+          f"{cfg.epochs} epochs")
     resumed = read_history(csv_log)
     if resumed:
         print(f"[train] resuming after epoch {resumed[-1]['epoch']} from {checkpoint}")
@@ -155,26 +156,36 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     with SignalsAtSafePoints() as safe_points:  # last: an epoch's history and backup are complete first
         model.fit(make_dataset(x_train, y_train, cfg, training=True, targets=targets, epochs_done=done),
                   epochs=cfg.epochs, verbose=0, shuffle=False,
-                  validation_data=make_dataset(x_val, y_val, cfg, training=False),
+                  validation_data=None if cfg.include_val else make_dataset(x_val, y_val, cfg, training=False),
                   class_weight=class_weights(y_train, cfg.class_weight), callbacks=[*callbacks, safe_points])
     seconds = spent + time.perf_counter() - start
     if precision != "float32" or cfg.sam_rho:  # export a plain float32 graph, as the converter and LiteRT want
         model = float32_copy(model, model_cfg)
     history = read_history(csv_log)
-    scores = model.predict(x_val[..., None].astype(np.float32), batch_size=256, verbose=0)
-    metrics = {
-        "val/accuracy": float((scores.argmax(axis=1) == y_val).mean()),
-        "val/loss": float(keras.losses.categorical_crossentropy(tf.one_hot(y_val, len(CLASSES)), scores)
-                          .numpy().mean()),
-        "val/best_epoch_accuracy": max(r.get("val_accuracy", 0.0) for r in history),
+    metrics = {} if cfg.include_val else val_metrics(model, val_split, history)  # val was fitted: no val figure
+    metrics |= {
         "train/epochs": len(history), "train/minutes": seconds / 60,
         "train/images_per_s": float(np.median(progress.images_per_s)) if progress.images_per_s else 0.0,
         "model/params": int(model.count_params()), "model/macs_per_view": macs,
     }
     how = {"train.precision": precision, "train.onednn": str(onednn_enabled()).lower(),
            "train.machine": machine_name(machine())}  # images/s and epochs reached belong to this host
-    print(f"[train] val accuracy {metrics['val/accuracy']:.4f} after {len(history)} epochs in {seconds:.0f}s")
+    held_out = ("no held-out val accuracy (train.include_val: val was training data)" if cfg.include_val
+                else f"val accuracy {metrics['val/accuracy']:.4f}")
+    print(f"[train] {held_out} after {len(history)} epochs in {seconds:.0f}s")
     return TrainResult(model, history, metrics, how)
+
+
+def val_metrics(model: keras.Model, val_split: Split, history: list[dict[str, float]]) -> dict[str, float]:
+    """The exported model's accuracy and loss on val, the figures a recipe is chosen by."""
+    x_val, y_val = val_split
+    scores = model.predict(x_val[..., None].astype(np.float32), batch_size=256, verbose=0)
+    return {
+        "val/accuracy": float((scores.argmax(axis=1) == y_val).mean()),
+        "val/loss": float(keras.losses.categorical_crossentropy(tf.one_hot(y_val, len(CLASSES)), scores)
+                          .numpy().mean()),
+        "val/best_epoch_accuracy": max(r.get("val_accuracy", 0.0) for r in history),
+    }
 
 
 def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str) -> np.ndarray:

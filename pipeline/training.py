@@ -347,8 +347,9 @@ class EpochLog(keras.callbacks.Callback):
         self.images_per_s.append(logs["images_per_s"])
         if self.log is not None:
             self.log({k: float(v) for k, v in logs.items()}, epoch + 1)
-        print(f"[train] epoch {epoch + 1}/{self.epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
-              f"val_loss {logs.get('val_loss', float('nan')):.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}"
+        val = (f"  val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}" if "val_loss" in logs
+               else "")  # no val set while fitting on train + val
+        print(f"[train] epoch {epoch + 1}/{self.epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}{val}"
               f"  lr {logs['lr']:.2e}  {seconds:.1f}s  {logs['images_per_s']:.0f} img/s", flush=True)
 
 
@@ -381,14 +382,15 @@ class SignalsAtSafePoints(keras.callbacks.Callback):
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    """Per-epoch rows of the CSV log; after a resume the last row per epoch wins."""
+    """Per-epoch rows of the CSV log; after a resume the last row per epoch wins. Keras' CSVLogger writes
+    `NA` in the val columns it adds when there is no val set: those are left out, like empty cells."""
     if not path.exists():
         return []
     rows: dict[int, dict[str, float]] = {}
     with path.open() as fh:
         for row in csv.DictReader(fh):
             epoch = int(row.pop("epoch")) + 1
-            rows[epoch] = {"epoch": epoch, **{k: float(v) for k, v in row.items() if v not in ("", None)}}
+            rows[epoch] = {"epoch": epoch, **{k: float(v) for k, v in row.items() if v not in ("", "NA", None)}}
     return [rows[k] for k in sorted(rows)]
 
 

@@ -49,6 +49,18 @@ def test_train_returns_the_model_its_history_and_val_metrics(splits, tmp_path: P
     assert result.metrics["val/best_epoch_accuracy"] == max(r["val_accuracy"] for r in result.history)
 
 
+def test_a_fit_on_train_and_val_reports_no_val_figure(splits, tmp_path: Path, capsys) -> None:
+    """Val faces are training data then: an accuracy on them would read as held-out and flatter the recipe."""
+    p = params("train.include_val=true", "train.keep_best=false", "train.epochs=1")
+    logged: list[dict] = []
+    result = train(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: logged.append(m))
+    assert not any(k.startswith("val") for k in result.metrics) and "val_accuracy" not in logged[-1]
+    assert "val_accuracy" not in result.history[-1]
+    assert result.metrics["train/epochs"] == 1
+    out = capsys.readouterr().out
+    assert "350 train (val included) images" in out and "no held-out val accuracy" in out
+
+
 def test_an_interrupted_training_resumes_after_its_last_finished_epoch(splits, tmp_path: Path) -> None:
     p = params("train.epochs=3")
 

@@ -69,6 +69,22 @@ def test_the_zoo_adds_this_stores_runs_to_the_earlier_rows(tmp_path: Path) -> No
     assert [r["run"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]] == [new]
 
 
+def test_a_run_fitted_on_train_and_val_has_no_val_figure(tmp_path: Path) -> None:
+    """Its val faces were training data: the figure it logged would read as held-out."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store)
+    experiment = client.create_experiment("fer-expression")
+    rid = _finished_run(client, experiment, "fer2013-incval", 0.69)
+    client.log_param(rid, "train.include_val", "true")
+    out = tmp_path / "fer2013"
+    result = _zoo(store, out)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert row["val"] is None and "fit on train + val" in row["recipe"]
+    (line,) = [li for li in out.with_suffix(".md").read_text().splitlines() if li.startswith("| fer2013-incval |")]
+    assert "| 530 | – | 0.6900 |" in line  # images/s, no val figure, then the Keras test accuracy
+
+
 def test_an_empty_store_and_no_report_is_one_line(tmp_path: Path) -> None:
     result = _zoo(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "fer2013")
     assert result.returncode == 1
