@@ -58,7 +58,6 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
     for run in client.search_runs([experiment.experiment_id], "tags.`pipeline.data_family` = 'fer2013'",
                                   order_by=["attributes.start_time DESC"], max_results=500):
         tags, m, p = run.data.tags, run.data.metrics, run.data.params
-        fitted_val = p.get("train.include_val", "").lower() == "true"  # its val figure is on training data
         if not all(tags.get(f"pipeline.stage.{s}") == "done" for s in STAGES):
             continue
         rows.append({
@@ -79,7 +78,8 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
             "lat_f32": m.get("latency_ms_float32_t1"),  # per-variant latency is in benchmark/details.json now
             "size_kb": metric(m, "size/kib", "size_kb_int8"), "seed": p.get("train.seed"),
             "protocol": tags.get("protocol", ""),
-            "val": None if fitted_val else metric(m, "val/accuracy", "train_val_accuracy") or exported_val(client, run),
+            "val": None if fitted_on_val(p) else (metric(m, "val/accuracy", "train_val_accuracy")
+                                                   or exported_val(client, run)),
             "recipe": recipe(p) + ("" if tags.get("train.precision", "float32") == "float32"
                                    else f", {tags['train.precision']}"),
             "host": host(run), "date": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d"),
@@ -128,6 +128,11 @@ LEVERS = {"train.augment.erasing": "erase", "train.augment.mixup": "mixup", "tra
           "train.sam_rho": "SAM rho"}  # numeric recipe levers, named in a recipe cell when not 0
 
 
+def fitted_on_val(p: dict[str, str]) -> bool:
+    """A run whose val faces were training data (`train.include_val`): its val figure is not held out."""
+    return p.get("train.include_val", "").lower() == "true"
+
+
 def recipe(p: dict[str, str]) -> str:
     """What distinguishes the FER2013 runs' recipes, short enough for a table cell."""
     optimizer = " ".join(p[k] for k in ("train.optimizer", "train.schedule", "train.lr") if k in p)
@@ -140,7 +145,7 @@ def recipe(p: dict[str, str]) -> str:
     if float(p.get("train.distill.weight", 0)):
         parts.append(f"distilled from {p.get('train.distill.teachers', '?')} (weight {p['train.distill.weight']}, "
                      f"T {p.get('train.distill.temperature')})")
-    if p.get("train.include_val", "").lower() == "true":
+    if fitted_on_val(p):
         parts.append("fit on train + val")
     if float(p.get("train.time_budget_min", 0)):
         parts.append(f"{float(p['train.time_budget_min']):g} min")
