@@ -246,14 +246,19 @@ def check_space(cfg: SearchConfig, conf_dir: Path = CONF_DIR) -> dict[str, BaseD
 
     One-line `ConfigError`s name the key: a bad range (low > high, log with low <= 0), a key that is not in
     the config composed from conf/ and the fixed overrides, a key also fixed by the overrides, a type that
-    does not fit the key's value, or a value at an end of the range that the stage schemas reject.
+    does not fit the key's value, a value at an end of the range that the stage schemas reject, or a val
+    objective with trials that train on val.
     """
     if not cfg.space:
         raise ConfigError(f"{GROUP}.space: empty: name at least one key to search")
     if cfg.objective_file not in _metrics_files():
         raise ConfigError(f"{GROUP}.metrics_file = {cfg.metrics_file}: must be one of the stages' metrics files "
                           f"({', '.join(map(str, _metrics_files()))})")
-    base, _ = base_config(cfg, conf_dir)
+    base, params = base_config(cfg, conf_dir)
+    if cfg.metric.startswith("val/") and params.train.include_val:
+        raise ConfigError(f"{GROUP}.metric = {cfg.metric}: the trials fit on train + val (train.include_val = true) "
+                          f"and have no val figure: add train.include_val=false and train.keep_best=true to "
+                          f"{GROUP}.overrides")
     groups = config_groups(conf_dir)
     fixed = {o.split("=", 1)[0].lstrip("+~") for o in cfg.overrides}
     distributions = {}

@@ -85,6 +85,9 @@ def test_a_key_fixed_and_searched_and_bad_settings_are_refused(tmp_path: Path) -
         tmp_path / "c", space, "metrics_file: plots/x.json\n")
     assert "search.n_trials = 0: must be >= 1" in space_error(tmp_path / "d", space, "n_trials: 0\n")
     assert "search.direction" in space_error(tmp_path / "e", space, "direction: up\n")
+    assert ("search.metric = val/accuracy: the trials fit on train + val (train.include_val = true)" in space_error(
+        tmp_path / "f", space, "metric: val/accuracy\nmetrics_file: metrics/train.json\n"
+        "overrides: [experiment=fer2013]\n"))
     with pytest.raises(SystemExit, match=r"conf/search/nope.yaml: not found \(presets: .*tiny"):
         search.load_search("nope")
 

@@ -128,7 +128,10 @@ def test_the_recipe_cell_tells_the_seed_preset_from_ours() -> None:
         ["experiment=fer2013", "train.sam_rho=0.05", "train.augment.cutmix=0.5", "train.include_val=true",
          "train.keep_best=false"]))).items()}
     assert "cutmix 0.5, SAM rho 0.05, fit on train + val, 115 min" in zoo.recipe(levers)
-    assert "SAM" not in zoo.recipe(ours) and "train + val" not in zoo.recipe(ours)
+    assert "SAM" not in zoo.recipe(ours) and "fit on train + val" in zoo.recipe(ours)  # the preset's final fit
+    on_val = {k: str(v) for k, v in to_flat_dict(parse_params(compose(
+        ["experiment=fer2013", "train.include_val=false", "train.keep_best=true"]))).items()}
+    assert "train + val" not in zoo.recipe(on_val)
 
 
 def test_seeds_of_one_preset_on_one_host_are_summarised_and_other_hosts_are_not_mixed_in() -> None:
