@@ -77,6 +77,8 @@ def card(uri: str, tracking_uri: str) -> tuple[dict, str]:
                  "protocol": params.get("data.protocol") if evaluate.get("protocol") is None else evaluate["protocol"],
                  "splits": {d["context"]: int(d["rows"]) for d in info["data"]["datasets"]},
                  "test_split": evaluate.get("test_split", "PublicTest"),
+                 # a final fit (train.include_val) learned from val too, after the recipe was chosen on it
+                 "fitted_on": ["train", "val"] if params.get("train.include_val") == "true" else ["train"],
                  "train_digest": info["data"]["train_digest"], "test_digest": info["data"]["test_digest"],
                  "terms": TERMS},
         "training": {"commit": info["commit"], "dirty": info["dirty"], "dvc_exp_name": info["dvc_exp_name"],
@@ -89,6 +91,20 @@ def card(uri: str, tracking_uri: str) -> tuple[dict, str]:
         "latency": {"ms_per_face_1_thread": (bench.get("latency", {}).get(f"{variant}_t1") or {}).get("median_ms"),
                     "machine": machine_name(bench.get("machine", {})), "macs_per_face": bench.get("macs_per_face")},
     }, text
+
+
+def data_text(d: dict) -> str:
+    """Which faces the model learned from, and which split chose what: a final fit learned from val as well."""
+    splits = d["splits"]
+    fitted = d.get("fitted_on", ["train"])
+    faces = sum(splits.get(s, 0) for s in fitted)
+    validation = "validation (a seeded, stratified 10 % of Training)"
+    fit = (f"The model was fitted on {' + '.join(fitted)} ({faces:,} faces): its recipe had been chosen on "
+           f"{validation} in earlier runs, so this final fit has no held-out validation figure." if "val" in fitted
+           else f"V{validation[1:]} is the only split anything was chosen on.")
+    return (f"Trained on FER2013 Training (`{d['file']}`, md5 `{d['md5']}`), split by the `{d['protocol']}`\n"
+            f"protocol: {', '.join(f'{k} {v:,} faces' for k, v in splits.items())}; the test split is\n"
+            f"{d['test_split']}, read once, after training. {fit}")
 
 
 def markdown(c: dict, lineage_text: str) -> str:
@@ -122,10 +138,7 @@ Per-class recall on PublicTest:
 
 ## Data and terms of use
 
-Trained on FER2013 Training (`{c['data']['file']}`, md5 `{c['data']['md5']}`), split by the `{c['data']['protocol']}`
-protocol: {', '.join(f"{k} {v:,} faces" for k, v in c['data']['splits'].items())}; the test split is
-{c['data']['test_split']}, read once, after training. Validation (a seeded, stratified 10 % of Training) is the
-only split anything was chosen on.
+{data_text(c['data'])}
 
 {c['data']['terms']}
 

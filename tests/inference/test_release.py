@@ -42,6 +42,19 @@ def test_the_card_names_data_terms_scores_speed_and_lineage() -> None:
     assert "/work/" not in markdown + json.dumps(CARD)  # no path of the machine that made it
 
 
+def test_the_card_says_whether_the_model_learned_from_val() -> None:
+    from pipeline.release import data_text
+
+    data = {"file": "fer.zip", "md5": "0" * 32, "protocol": "holdout", "test_split": "PublicTest",
+            "splits": {"train": 25838, "val": 2871, "test": 3589}}
+    held_out = data_text(data | {"fitted_on": ["train"]})
+    assert "Validation (a seeded, stratified 10 % of Training) is the only split" in held_out
+    assert data_text(data) == held_out  # a card from before the key: fitted on train
+    final = data_text(data | {"fitted_on": ["train", "val"]})
+    assert "fitted on train + val (28,709 faces)" in final and "no held-out validation figure" in final
+    assert "is the only split" not in final
+
+
 def test_without_a_registry_the_api_runs_the_release_and_says_so(tmp_path: Path) -> None:
     rec = ExpressionRecognizer(tracking_uri=f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}")
     assert rec.model.uri == f"release:{CARD['release']}" and rec.why.startswith("the bundled release model")
