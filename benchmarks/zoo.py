@@ -58,7 +58,8 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
     for run in client.search_runs([experiment.experiment_id], "tags.`pipeline.data_family` = 'fer2013'",
                                   order_by=["attributes.start_time DESC"], max_results=500):
         tags, m, p = run.data.tags, run.data.metrics, run.data.params
-        if not all(tags.get(f"pipeline.stage.{s}") == "done" for s in STAGES):
+        # a stage DVC skipped (e.g. fer2013_fast exporting fer2013's trained network) was restored from its run
+        if not all(tags.get(f"pipeline.stage.{s}") == "done" or f"pipeline.restored.{s}" in tags for s in STAGES):
             continue
         rows.append({
             "run": run.info.run_id[:8], "name": run.info.run_name, "preset": preset_name(run, presets, defaults),

@@ -69,6 +69,21 @@ def test_the_zoo_adds_this_stores_runs_to_the_earlier_rows(tmp_path: Path) -> No
     assert [r["run"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]] == [new]
 
 
+def test_a_run_that_re_exported_a_trained_network_is_a_row_and_an_unfinished_one_is_not(tmp_path: Path) -> None:
+    """`fer2013_fast` after `fer2013`: DVC skips train, the run restores its record from the run that trained."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store)
+    experiment = client.create_experiment("fer-expression")
+    trained = _finished_run(client, experiment, "fer2013-final", 0.69)
+    for name, tag in (("fer2013-final-fast", "pipeline.restored.train"), ("fer2013-cut", "pipeline.other")):
+        rid = _finished_run(client, experiment, name, 0.68)
+        client.delete_tag(rid, "pipeline.stage.train")
+        client.set_tag(rid, tag, trained)
+    assert _zoo(store, tmp_path / "fer2013").returncode == 0
+    names = [r["name"] for r in json.loads((tmp_path / "fer2013.json").read_text())["rows"]]
+    assert sorted(names) == ["fer2013-final", "fer2013-final-fast"]
+
+
 def test_a_run_fitted_on_train_and_val_has_no_val_figure(tmp_path: Path) -> None:
     """Its val faces were training data: the figure it logged would read as held-out."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
