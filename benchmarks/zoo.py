@@ -33,6 +33,7 @@ import mlflow
 from matplotlib import ticker
 
 from pipeline.files import atomic_path, write_json, write_text
+from pipeline.record import fitted_on_val, stage_recorded
 
 STAGES = ("train", "quantize", "benchmark", "evaluate")  # a resumed run links to the one that ran prepare
 # The PyPI `fer` package, measured on the AVX-512 AMD EPYC host: 65.3 % PublicTest, 0.52 ms/face.
@@ -59,7 +60,7 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
                                   order_by=["attributes.start_time DESC"], max_results=500):
         tags, m, p = run.data.tags, run.data.metrics, run.data.params
         # a stage DVC skipped (e.g. fer2013_fast exporting fer2013's trained network) was restored from its run
-        if not all(tags.get(f"pipeline.stage.{s}") == "done" or f"pipeline.restored.{s}" in tags for s in STAGES):
+        if not all(stage_recorded(s, tags) for s in STAGES):
             continue
         rows.append({
             "run": run.info.run_id[:8], "name": run.info.run_name, "preset": preset_name(run, presets, defaults),
@@ -127,11 +128,6 @@ def preset_name(run: mlflow.entities.Run, presets: dict[str, dict[str, str]], de
 
 LEVERS = {"train.augment.erasing": "erase", "train.augment.mixup": "mixup", "train.augment.cutmix": "cutmix",
           "train.sam_rho": "SAM rho"}  # numeric recipe levers, named in a recipe cell when not 0
-
-
-def fitted_on_val(p: dict[str, str]) -> bool:
-    """A run whose val faces were training data (`train.include_val`): its val figure is not held out."""
-    return p.get("train.include_val", "").lower() == "true"
 
 
 def recipe(p: dict[str, str]) -> str:

@@ -133,6 +133,16 @@ def run_note(run: mlflow.entities.Run) -> str:
     return "\n".join([*lines, "", " ".join(images)])
 
 
+def stage_recorded(stage: str, tags: dict[str, str]) -> bool:
+    """The run holds the stage's record: it ran the stage, or copied the record of the run DVC's cache came from."""
+    return tags.get(f"pipeline.stage.{stage}") == "done" or f"pipeline.restored.{stage}" in tags
+
+
+def fitted_on_val(params: dict[str, str]) -> bool:
+    """A run whose val faces were training data (`train.include_val`): its val figure is not held out."""
+    return params.get("train.include_val", "").lower() == "true"
+
+
 def _stage_state(stage: str, tags: dict[str, str], experiment_id: str) -> str:
     if source := tags.get(f"pipeline.restored.{stage}"):
         return f"{stage} (from [run {source[:8]}](#/experiments/{experiment_id}/runs/{source}))"

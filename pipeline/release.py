@@ -22,6 +22,7 @@ from pipeline.files import write_json, write_text
 from pipeline.inference.classifier import ModelError, TFLiteClassifier, read_labels_file
 from pipeline.inference.contract import CLASSES, LABELS_FILE, MODEL_FILE, Tag, parse_model_uri
 from pipeline.inference.registry import RELEASE_DIR, download_registered, sha256_of
+from pipeline.record import fitted_on_val
 from pipeline.timing import machine_name
 
 TERMS = ("FER2013 (Goodfellow et al., 'Challenges in Representation Learning: A report on three machine "
@@ -78,7 +79,7 @@ def card(uri: str, tracking_uri: str) -> tuple[dict, str]:
                  "splits": {d["context"]: int(d["rows"]) for d in info["data"]["datasets"]},
                  "test_split": evaluate.get("test_split", "PublicTest"),
                  # a final fit (train.include_val) learned from val too, after the recipe was chosen on it
-                 "fitted_on": ["train", "val"] if params.get("train.include_val") == "true" else ["train"],
+                 "fitted_on": ["train", "val"] if fitted_on_val(params) else ["train"],
                  "train_digest": info["data"]["train_digest"], "test_digest": info["data"]["test_digest"],
                  "terms": TERMS},
         "training": {"commit": info["commit"], "dirty": info["dirty"], "dvc_exp_name": info["dvc_exp_name"],
@@ -98,10 +99,10 @@ def data_text(d: dict) -> str:
     splits = d["splits"]
     fitted = d.get("fitted_on", ["train"])
     faces = sum(splits.get(s, 0) for s in fitted)
-    validation = "validation (a seeded, stratified 10 % of Training)"
     fit = (f"The model was fitted on {' + '.join(fitted)} ({faces:,} faces): its recipe had been chosen on "
-           f"{validation} in earlier runs, so this final fit has no held-out validation figure." if "val" in fitted
-           else f"V{validation[1:]} is the only split anything was chosen on.")
+           "validation (a seeded, stratified 10 % of Training) in earlier runs, so this final fit has no held-out "
+           "validation figure." if "val" in fitted else
+           "Validation (a seeded, stratified 10 % of Training) is the only split anything was chosen on.")
     return (f"Trained on FER2013 Training (`{d['file']}`, md5 `{d['md5']}`), split by the `{d['protocol']}`\n"
             f"protocol: {', '.join(f'{k} {v:,} faces' for k, v in splits.items())}; the test split is\n"
             f"{d['test_split']}, read once, after training. {fit}")
