@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import mlflow
 from matplotlib import ticker
+from matplotlib.transforms import Bbox
 
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.record import fitted_on_val, stage_recorded
@@ -236,25 +237,69 @@ def write_table(rows: list[dict], path: Path) -> None:
     write_text(path, "\n".join(lines))
 
 
+def marker_radius(row: dict) -> float:
+    """A run's marker radius in points: the marker's area grows with the network's MACs."""
+    return (40 + row["mmacs"]) ** 0.5 / 2
+
+
+def label_spots(radius: float) -> list[tuple[float, float, str, str]]:
+    """Where a label may go, nearest first: beside, above or below its marker, then rings further out."""
+    spots = []
+    for ring in (0, 14, 30, 50):
+        gap = radius + 2 + ring
+        spots += [(gap, 0, "left", "center"), (-gap, 0, "right", "center"), (0, gap, "center", "bottom"),
+                  (0, -gap, "center", "top"), (gap, gap, "left", "bottom"), (gap, -gap, "left", "top"),
+                  (-gap, gap, "right", "bottom"), (-gap, -gap, "right", "top")]
+    return spots
+
+
+def place_labels(ax: plt.Axes, points: list[tuple[float, float, float, str, str]]) -> None:
+    """Label each (x, y, radius, text, colour) point at the first spot that covers no marker, note or earlier label.
+
+    Placed in display space after the axes' limits are final, so what is checked is what is drawn; a label
+    moved away from its marker gets a leader line, and one with no free spot takes the spot covering the fewest."""
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    points_to_px = ax.figure.dpi / 72
+    taken = [text.get_window_extent(renderer) for text in ax.texts]  # the targets' notes
+    for x, y, radius, _, _ in points:
+        cx, cy = ax.transData.transform((x, y))
+        r = radius * points_to_px
+        taken.append(Bbox.from_extents(cx - r, cy - r, cx + r, cy + r))
+    for x, y, radius, text, colour in points:
+        best = None
+        for dx, dy, ha, va in label_spots(radius):
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                                fontsize=8, color=colour)
+            box = label.get_window_extent(renderer)
+            cost = sum(box.overlaps(b) for b in taken) + 100 * (not frame.contains(box.x0, box.y0)
+                                                               or not frame.contains(box.x1, box.y1))
+            label.remove()
+            if best is None or cost < best[0]:
+                best = (cost, (dx, dy, ha, va), box)
+            if cost == 0:
+                break
+        dx, dy, ha, va = best[1]
+        far = abs(dx) > radius + 2 or abs(dy) > radius + 2 or dx * dy != 0  # not right beside: a leader line
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=8,
+                    color=colour, arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5, "shrinkA": 0,
+                                              "shrinkB": radius} if far else None)
+        taken.append(best[2])
+
+
 def write_chart(rows: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    placed: list[tuple[float, float]] = []
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     colours = dict(zip(dict.fromkeys(r.get("host") or "unknown" for r in rows), plt.cm.tab10.colors, strict=False))
-    for r in sorted(rows, key=lambda r: -r["int8"]):
+    points = []
+    for r in sorted(rows, key=lambda r: -r["int8"]):  # the most accurate runs get the first pick of spots
         where = r.get("host") or "unknown"
         earlier = "earlier day" in where  # the same CPU type, slower on that day: hollow
-        ax.scatter(r["lat_int8"], r["int8"] * 100, s=40 + r["mmacs"], facecolors="none" if earlier else colours[where],
-                   edgecolors=colours[where], label=where)
         x, y = r["lat_int8"], r["int8"] * 100
-        # labels already placed within reach of this one (a label spans about 2.5x of the log axis): stack below
-        crowded = sum(abs(y - py) < 0.3 and max(x, px) / min(x, px) < 2.5 for px, py in placed)
-        placed.append((x, y))
+        ax.scatter(x, y, s=marker_radius(r) ** 2 * 4, facecolors="none" if earlier else colours[where],
+                   edgecolors=colours[where], label=where)
         label = f"{r['preset']} ({r['name']})" if r.get("preset") else r["name"]
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4 - 11 * crowded),
-                    fontsize=8, color="#999999" if earlier else "black")
+        points.append((x, y, marker_radius(r), label, "#999999" if earlier else "black"))
     ax.scatter(PEER["latency_ms"], PEER["accuracy"] * 100, marker="x", color="#e45756", s=60)
-    ax.annotate(PEER["name"], (PEER["latency_ms"], PEER["accuracy"] * 100), textcoords="offset points",
-                xytext=(5, -10), fontsize=8, color="#e45756")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))
@@ -270,8 +315,9 @@ def write_chart(rows: list[dict], path: Path) -> None:
         ax.plot([xlim[0], ms, ms], [accuracy, accuracy, ylim[1]], color=colour, linestyle="--", linewidth=0.8)
         ax.fill_between([xlim[0], ms], accuracy, ylim[1], color=colour, alpha=0.06, linewidth=0)
         ax.annotate(f"{name}: >= {accuracy:g} %, <= {ms:g} ms", (xlim[0], accuracy), textcoords="offset points",
-                    xytext=(3, -10), fontsize=7, color=colour)  # below its line, clear of the points' labels
+                    xytext=(3, -3), va="top", fontsize=7, color=colour)
     ax.set(xlim=xlim, ylim=ylim)
+    place_labels(ax, [*points, (PEER["latency_ms"], PEER["accuracy"] * 100, 4, PEER["name"], "#e45756")])
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)

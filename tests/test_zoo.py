@@ -164,3 +164,28 @@ def test_seeds_of_one_preset_on_one_host_are_summarised_and_other_hosts_are_not_
     table = "\n".join(zoo.seed_table([group]))
     assert "| `fer2013` | Intel A | 1 (a-s1), 42 (a-s42) |" in table and "**67.74%**" in table
     assert zoo.seed_groups(rows[2:]) == [] and zoo.seed_table([]) == []
+
+
+def test_the_charts_labels_cover_no_other_label_even_where_runs_crowd() -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    zoo = _load_zoo()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    # six runs within 0.1 ms and 0.6 points of each other, as seeds of one preset are, and a loner
+    points = [(0.90 + 0.01 * i, 69.0 + 0.1 * i, 9.0, f"fer2013 (run-number-{i})", "black") for i in range(6)]
+    points.append((3.0, 62.0, 9.0, "far-away", "black"))
+    for x, y, *_ in points:
+        ax.scatter(x, y, s=4 * 9.0 ** 2)
+    ax.set(xscale="log", xlim=(0.2, 8), ylim=(58, 73))
+    zoo.place_labels(ax, points)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): Text.get_window_extent(t, renderer) for t in ax.texts}  # the text, not its leader
+    assert sorted(boxes) == sorted(p[3] for p in points)
+    names = list(boxes)
+    overlapping = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if boxes[a].overlaps(boxes[b])]
+    assert overlapping == []
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes.values())
+    plt.close(fig)
