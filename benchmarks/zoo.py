@@ -145,6 +145,8 @@ def recipe(p: dict[str, str]) -> str:
                      f"T {p.get('train.distill.temperature')})")
     if fitted_on_val(p):
         parts.append("fit on train + val")
+    if int(p.get("train.members", 1)) > 1:  # an ensemble: its figures are the members' average
+        parts.append(f"{p['train.members']} members averaged")
     if float(p.get("train.time_budget_min", 0)):
         parts.append(f"{float(p['train.time_budget_min']):g} min")
     return ", ".join(parts)

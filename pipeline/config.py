@@ -260,6 +260,7 @@ class TrainConfig:
     time_budget_min: float = bounded(ge=0.0)
     include_val: bool = required()  # fit on train + val (the recipe was chosen on val before): no selection
     sam_rho: float = bounded(ge=0.0)  # sharpness-aware minimisation's radius; 0 = plain steps
+    members: int = bounded(ge=1)  # networks from seeds seed, seed + 1, ..., averaged into one model
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig())
 

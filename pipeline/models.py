@@ -173,6 +173,15 @@ def with_views(core: keras.Model, views: ViewsConfig) -> keras.Model:
     return keras.Model(inputs, scores, name=f"{core.name}_tta")
 
 
+def ensemble(members: list[keras.Model]) -> keras.Model:
+    """One network scoring raw pixels with the members' averaged scores (each member keeps its own
+    preprocessing); the export's test-time views then wrap all of them at once."""
+    inputs = keras.Input(INPUT_SHAPE, name="pixels")
+    renamed = [keras.Model(m.input, m.output, name=f"member{i}") for i, m in enumerate(members, 1)]
+    scores = layers.Average(name="members_mean")([m(inputs) for m in renamed])
+    return keras.Model(inputs, scores, name=f"{members[0].name}_x{len(members)}")
+
+
 def count_macs(model: keras.Model) -> int:
     """Multiply-accumulates for one face, counted from the layers (conv, separable conv, dense).
 

@@ -75,6 +75,7 @@ def _broken(path: str, value: object) -> OmegaConf:
     ("train.augment.zom", 0.1, "train.augment.zom: unknown key"),
     ("train.lr", "fast", "train.lr: Value 'fast' of type 'str' could not be converted to Float"),
     ("train.lr", -1.0, "train.lr = -1.0: must be > 0.0"),
+    ("train.members", 0, "train.members = 0: must be >= 1"),
     ("data.val_fraction", 1.5, "data.val_fraction = 1.5: must be > 0.0 and < 1.0"),
     ("train.optimizer", "adamax", "train.optimizer: Invalid value 'adamax', expected one of [adam, adamw, sgd]"),
     ("train.distribute", "mirorred",

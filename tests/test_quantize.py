@@ -62,6 +62,22 @@ def test_a_resnet_with_squeeze_excite_gates_survives_int8(tmp_path: Path) -> Non
         assert np.abs(scores - reference).max() < tolerance, variant
 
 
+def test_an_ensemble_with_views_survives_int8_as_one_model(tmp_path: Path) -> None:
+    """`train.members`: the members' average, mirrored by the views, in one .tflite taking raw pixels."""
+    from pipeline.models import count_macs, ensemble
+
+    keras.utils.set_random_seed(0)
+    cfg = parse_params(compose(["model.filters=[8,16]", "model.convs=[1,1]"])).model
+    members = [build_model(cfg) for _ in range(3)]
+    model, paths = exported(ensemble(members), tmp_path, "quantize.views.flip=true",
+                            "quantize.variants=[float32,int8]", "quantize.register=int8")
+    assert count_macs(model) == 2 * 3 * count_macs(members[0])  # two views through three members
+    reference = model.predict(FACES[..., None].astype(np.float32), verbose=0)
+    for variant, tolerance in (("float32", 1e-3), ("int8", 0.02)):
+        scores = TFLiteClassifier(paths[variant], list(CLASSES)).predict(FACES)
+        assert np.abs(scores - reference).max() < tolerance, variant
+
+
 def test_views_are_part_of_the_exported_model(core, tmp_path: Path) -> None:
     model, paths = exported(core, tmp_path, "quantize.views.flip=true", "quantize.variants=[float32]",
                             "quantize.register=float32")

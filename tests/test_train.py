@@ -150,3 +150,45 @@ def test_sam_trains_and_exports_a_plain_model_that_loads_without_the_training_cl
     loaded = keras.models.load_model(tmp_path / "model.keras")  # no custom_objects: a plain Keras model
     faces = splits[1][0][:4, ..., None].astype(np.float32)
     np.testing.assert_allclose(loaded.predict(faces, verbose=0), result.model.predict(faces, verbose=0), atol=1e-6)
+
+
+def test_an_ensemble_trains_its_members_from_their_own_seeds_and_exports_their_average(splits, tmp_path: Path) -> None:
+    from pipeline.train import train_members
+
+    p = params("train.members=2")
+    steps: list[int] = []
+    result = train_members(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: steps.append(step))
+    assert steps == [1, 2, 3, 4] and [r["epoch"] for r in result.history] == [1, 2, 3, 4]  # member 2 after 1
+    assert result.metrics["train/members"] == 2 and result.metrics["train/epochs"] == 4
+    one = train(p.model, p.train, *splits, tmp_path / "one").metrics["model/macs_per_view"]
+    assert result.metrics["model/macs_per_view"] == 2 * one
+    first, second = (result.model.get_layer(f"member{i}") for i in (1, 2))
+    assert not np.array_equal(first.get_weights()[0], second.get_weights()[0])  # seeds 42 and 43
+    x_val, y_val = splits[1]
+    faces = x_val[..., None].astype(np.float32)
+    scores = result.model.predict(faces, verbose=0)
+    np.testing.assert_allclose(scores, (first.predict(faces, verbose=0) + second.predict(faces, verbose=0)) / 2,
+                               rtol=1e-5, atol=1e-6)
+    assert result.metrics["val/accuracy"] == float((scores.argmax(1) == y_val).mean())
+    result.model.save(tmp_path / "model.keras")  # as the stage writes it and quantize reads it
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "model.keras").predict(faces, verbose=0), scores,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_an_interrupted_ensemble_keeps_its_finished_members(splits, tmp_path: Path, capsys) -> None:
+    from pipeline.train import train_members
+
+    p = params("train.members=2", "train.epochs=1")
+
+    def interrupt_in_the_second_member(metrics: dict, step: int) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_members(p.model, p.train, *splits, tmp_path / "ckpt", log=interrupt_in_the_second_member)
+    kept = tmp_path / "ckpt" / "member1" / "member.keras"
+    made = kept.stat().st_mtime_ns
+    steps: list[int] = []
+    result = train_members(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: steps.append(step))
+    assert kept.stat().st_mtime_ns == made and "finished earlier: 1 epochs" in capsys.readouterr().out
+    assert steps == [1, 2] and result.metrics["train/epochs"] == 2  # member 1 replayed, member 2 resumed

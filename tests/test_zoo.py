@@ -147,6 +147,10 @@ def test_the_recipe_cell_tells_the_seed_preset_from_ours() -> None:
     on_val = {k: str(v) for k, v in to_flat_dict(parse_params(compose(
         ["experiment=fer2013", "train.include_val=false", "train.keep_best=true"]))).items()}
     assert "train + val" not in zoo.recipe(on_val)
+    ensemble = {k: str(v) for k, v in to_flat_dict(parse_params(compose(
+        ["experiment=fer2013", "train.members=3"]))).items()}
+    assert "fit on train + val, 3 members averaged, 115 min" in zoo.recipe(ensemble)
+    assert "members" not in zoo.recipe(ours)
 
 
 def test_seeds_of_one_preset_on_one_host_are_summarised_and_other_hosts_are_not_mixed_in() -> None:
