@@ -213,7 +213,8 @@ def train_members(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, 
         "train/members": cfg.members, "model/params": int(model.count_params()),
         "model/macs_per_view": sum(r.metrics["model/macs_per_view"] for r in results),
     }
-    if not cfg.include_val:
+    if not cfg.include_val:  # each member's own figure beside the average's: the ensemble's gain, on val
+        metrics |= {f"val/member{i}_accuracy": r.metrics["val/accuracy"] for i, r in enumerate(results, 1)}
         print(f"[train] the {cfg.members} members averaged: val accuracy {metrics['val/accuracy']:.4f} (each: "
               + ", ".join(f"{r.metrics['val/accuracy']:.4f}" for r in results) + ")")
     return TrainResult(model, history, metrics, results[-1].how)

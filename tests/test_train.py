@@ -170,6 +170,9 @@ def test_an_ensemble_trains_its_members_from_their_own_seeds_and_exports_their_a
     np.testing.assert_allclose(scores, (first.predict(faces, verbose=0) + second.predict(faces, verbose=0)) / 2,
                                rtol=1e-5, atol=1e-6)
     assert result.metrics["val/accuracy"] == float((scores.argmax(1) == y_val).mean())
+    for i, member in enumerate((first, second), 1):
+        alone = member.predict(faces, verbose=0).argmax(1)
+        assert result.metrics[f"val/member{i}_accuracy"] == float((alone == y_val).mean())
     result.model.save(tmp_path / "model.keras")  # as the stage writes it and quantize reads it
     np.testing.assert_allclose(keras.models.load_model(tmp_path / "model.keras").predict(faces, verbose=0), scores,
                                rtol=1e-5, atol=1e-6)
