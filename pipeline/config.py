@@ -268,6 +268,9 @@ class TrainConfig:
         if self.include_val and (self.keep_best or self.early_stopping_patience):
             return ("include_val = true: val is then training data, so train.keep_best and "
                     "train.early_stopping_patience must be off (false / 0)")
+        if self.distribute == Distribute.multi_worker and self.members > 1:
+            return (f"members = {self.members}: must be 1 with train.distribute = multi_worker (every worker would "
+                    "write each finished member to the same checkpoint files)")
         if self.distribute == Distribute.multi_worker and self.time_budget_min:
             return (f"time_budget_min = {self.time_budget_min:g}: must be 0 with train.distribute = multi_worker "
                     "(each worker would pace its learning rate and stop by its own clock, out of step with the "

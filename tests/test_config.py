@@ -64,6 +64,7 @@ def _broken(path: str, value: object) -> OmegaConf:
     # the other half of a combination that each value alone would pass
     context = {"quantize.register": ["quantize.variants=[int8]"],
                "train.time_budget_min": ["train.distribute=multi_worker"],
+               "train.members": ["train.distribute=multi_worker"],
                "model.blocks": ["model=resnet_se"], "model.se_ratio": ["model=resnet_se"]}
     cfg = compose(context.get(path, []))
     OmegaConf.update(cfg, path, value, force_add=True)
@@ -97,6 +98,7 @@ def _broken(path: str, value: object) -> OmegaConf:
     ("train.distill.teachers", ["release:"], "train.distill.teachers[0] = release:: must be models:/<name>/<version>"),
     ("train.distill.teachers", ["release:fer-expression-fer2013-87c95f0d"], "train.distill.weight = 0.0: must be > 0"),
     ("train.time_budget_min", 470.0, "train.time_budget_min = 470: must be 0 with train.distribute = multi_worker"),
+    ("train.members", 2, "train.members = 2: must be 1 with train.distribute = multi_worker"),
 ])
 def test_bad_key_or_value_names_the_key(key: str, value: object, expected: str) -> None:
     with pytest.raises(ConfigError) as err:
