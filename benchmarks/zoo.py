@@ -247,7 +247,7 @@ def marker_radius(row: dict) -> float:
 def label_spots(radius: float) -> list[tuple[float, float, str, str]]:
     """Where a label may go, nearest first: beside, above or below its marker, then rings further out."""
     spots = []
-    for ring in (0, 14, 30, 50):
+    for ring in (0, 14, 30, 50, 75, 105):
         gap = radius + 2 + ring
         spots += [(gap, 0, "left", "center"), (-gap, 0, "right", "center"), (0, gap, "center", "bottom"),
                   (0, -gap, "center", "top"), (gap, gap, "left", "bottom"), (gap, -gap, "left", "top"),
