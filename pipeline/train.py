@@ -148,8 +148,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     resumed = read_history(csv_log)
     if resumed:
         print(f"[train] resuming after epoch {resumed[-1]['epoch']} from {checkpoint}")
-        for row in resumed if log else []:
-            log({k: v for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
+        replay(resumed, log)
     spent = resumed[-1].get("train_s", 0.0) if resumed else 0.0
     done = int(resumed[-1]["epoch"]) if resumed else 0  # a resumed run draws a fresh random stream
     progress = EpochLog(cfg.epochs, len(x_train), cfg.batch_size, spent, log)
@@ -191,9 +190,10 @@ def train_members(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, 
     if cfg.members == 1:
         return train(model_cfg, cfg, train_split, val_split, checkpoint, log, teacher_scores)
     results: list[TrainResult] = []
+    history: list[dict[str, float]] = []  # the members' epochs one after another
     for i in range(1, cfg.members + 1):
         member_cfg = replace(cfg, members=1, seed=cfg.seed + i - 1, time_budget_min=cfg.time_budget_min / cfg.members)
-        folder, offset = checkpoint / f"member{i}", sum(len(r.history) for r in results)
+        folder, offset = checkpoint / f"member{i}", len(history)
         member_log = None if log is None else (lambda m, step, offset=offset: log(m, step + offset))
         print(f"[train] member {i} of {cfg.members}, seed {member_cfg.seed}")
         result = finished_member(folder, member_log)
@@ -201,11 +201,8 @@ def train_members(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, 
             result = train(model_cfg, member_cfg, train_split, val_split, folder, member_log, teacher_scores)
             keep_member(result, folder)
         results.append(result)
+        history += [dict(row, epoch=row["epoch"] + offset) for row in result.history]
     model = ensemble([r.model for r in results])
-    history, offset = [], 0
-    for r in results:
-        history += [dict(row, epoch=row["epoch"] + offset) for row in r.history]
-        offset += len(r.history)
     metrics = {} if cfg.include_val else val_metrics(model, val_split, history)
     metrics |= {
         "train/epochs": len(history), "train/minutes": sum(r.metrics["train/minutes"] for r in results),
@@ -233,10 +230,15 @@ def finished_member(folder: Path, log: MetricsLogger | None) -> TrainResult | No
         return None
     kept = json.loads((folder / "member.json").read_text())
     history = read_history(folder / "history.csv")
-    for row in history if log else []:
-        log({k: v for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
+    replay(history, log)
     print(f"[train] finished earlier: {len(history)} epochs, taken from {folder}")
     return TrainResult(keras.models.load_model(folder / "member.keras"), history, kept["metrics"], kept["how"])
+
+
+def replay(history: list[dict[str, float]], log: MetricsLogger | None) -> None:
+    """Log epochs trained by an earlier, interrupted process again, so the run's curves are whole."""
+    for row in history if log else []:
+        log({k: v for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
 
 
 def val_metrics(model: keras.Model, val_split: Split, history: list[dict[str, float]]) -> dict[str, float]:
