@@ -15,8 +15,12 @@ import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -35,6 +39,17 @@ def views(x: np.ndarray) -> dict[str, np.ndarray]:
         shifted = padded[:, 3 + dy:51 + dy, 3 + dx:51 + dx]
         out[f"shift{dx:+d}{dy:+d}"], out[f"shift{dx:+d}{dy:+d}-mirror"] = shifted, shifted[:, :, ::-1]
     return out
+
+
+def unwrap_views(model: keras.Model) -> keras.Model:
+    """The network inside `model` if it was saved wrapped in its test-time views (older runs did),
+    else `model` itself: an ensemble (`train.members`) also nests networks, its members, and is
+    scored whole."""
+    import keras
+
+    if not any(layer.name == "tta_mean" for layer in model.layers):
+        return model
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
 SETS = {
@@ -64,7 +79,7 @@ def main() -> None:
         if not path.exists():
             raise SystemExit(f"error: {path} not found (run the pipeline in {args.repo} first)")
     model = keras.models.load_model(model_path)
-    core = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
+    core = unwrap_views(model)
     x, y = load_split(val_path)
     scores = {name: core.predict(v, batch_size=512, verbose=0)
               for name, v in views(x[..., None].astype(np.float32)).items()}

@@ -100,3 +100,20 @@ def test_resnet_se_preset_costs_about_what_fer_vgg_does() -> None:
     """Its conf/model/resnet_se.yaml is meant as fer_vgg's like-for-like rival under one time budget."""
     resnet, vgg = (count_macs(build_model(model_cfg(name))) for name in ("resnet_se", "fer_vgg"))
     assert 0.8 < resnet / vgg < 1.25
+
+
+def test_the_views_report_scores_an_ensemble_whole_and_unwraps_only_a_views_wrapper() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from pipeline.models import ensemble
+
+    spec = importlib.util.spec_from_file_location(
+        "tta_views", Path(__file__).resolve().parents[1] / "benchmarks" / "tta_views.py")
+    tta_views = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tta_views)
+    core = build_model(model_cfg("small_cnn"))
+    both = ensemble([core, build_model(model_cfg("small_cnn"))])
+    assert tta_views.unwrap_views(both) is both  # not its first member
+    assert tta_views.unwrap_views(core) is core
+    assert tta_views.unwrap_views(with_views(core, ViewsConfig(flip=True, zoom=0))) is core
