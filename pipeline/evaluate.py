@@ -91,23 +91,29 @@ def evaluate(y_test: np.ndarray, all_scores: dict[str, np.ndarray], labels: list
 
 
 def standalone(args: list[str]) -> None:
-    """`model=<uri or .tflite> data.path=<folder|zip|csv>`: metrics JSON on stdout, nothing written."""
+    """`model=<uri or .tflite> data.path=<folder|zip|csv> | split=<train|val|test>`: metrics JSON on stdout,
+    nothing written. `split=val` compares finished models on the split that recipes are chosen on."""
     from pipeline.artifacts import default_tracking_uri
     from pipeline.data import DataError, read_labelled
     from pipeline.inference.registry import resolve
 
     options = dict(a.split("=", 1) for a in args if "=" in a)
-    unknown = set(options) - {"model", "data.path", "threads"} or {a for a in args if "=" not in a}
+    unknown = set(options) - {"model", "data.path", "split", "threads"} or {a for a in args if "=" not in a}
     if unknown:
         raise SystemExit(f"error: unknown argument(s) {', '.join(sorted(unknown))} "
-                         "(allowed: model=, data.path=, threads=)")
+                         "(allowed: model=, data.path=, split=, threads=)")
+    split = options.get("split", "test")
+    if split not in ("train", "val", "test"):
+        raise SystemExit(f"error: split={split}: expected train, val or test")
+    if "split" in options and "data.path" in options:
+        raise SystemExit("error: give data.path= or split=, not both")
     try:
         resolved = resolve(options.get("model", str(artifacts.tflite_path("int8"))), default_tracking_uri())
-        x, y = read_labelled(Path(options["data.path"])) if "data.path" in options else load_split("test")
+        x, y = read_labelled(Path(options["data.path"])) if "data.path" in options else load_split(split)
         classifier = TFLiteClassifier(resolved.tflite, resolved.labels, int(options.get("threads", 1)))
     except (ModelError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
-    result = {"model": resolved.uri, "version": resolved.version, "data": options.get("data.path", "test split"),
+    result = {"model": resolved.uri, "version": resolved.version, "data": options.get("data.path", f"{split} split"),
               "n": len(y), **score(y, classifier.predict(x), resolved.labels)}
     print(json.dumps(result, indent=2))
 

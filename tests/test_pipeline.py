@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -102,6 +103,19 @@ def test_registered_champion_reproduces_the_reported_accuracy(repro: Repro, mlfl
     accuracy = float((TFLiteClassifier(model.tflite, model.labels).predict(x).argmax(1) == y).mean())
     reported = json.loads((repro.path / "metrics/evaluate.json").read_text())["test/accuracy"]
     assert accuracy == reported
+
+
+def test_the_scorer_reads_the_val_split_and_refuses_bad_arguments(repro: Repro) -> None:
+    scorer = [sys.executable, "-m", "pipeline.evaluate", "model=models/tflite/int8.tflite"]
+    scored = json.loads(run([*scorer, "split=val"], repro.path, repro.env).stdout)
+    x, y = load_split(repro.path / "data/prepared/val.npz")
+    assert scored["data"] == "val split" and scored["n"] == len(y)
+    expected = TFLiteClassifier(repro.path / "models/tflite/int8.tflite", list(CLASSES)).predict(x).argmax(1)
+    assert scored["accuracy"] == float((expected == y).mean())
+    for bad, message in ((["split=dev"], "error: split=dev: expected train, val or test"),
+                         (["split=val", "data.path=x.zip"], "error: give data.path= or split=, not both")):
+        result = subprocess.run([*scorer, *bad], cwd=repro.path, env=repro.env, capture_output=True, text=True)
+        assert result.returncode != 0 and result.stderr.strip().splitlines() == [message]
 
 
 def test_mlflow_models_predict_serves_the_registered_pyfunc(repro: Repro, mlflow_server, tmp_path) -> None:
