@@ -44,10 +44,36 @@ TARGETS = [("fer2013_fast", 68.0, 0.4, "#59a14f"), ("fer2013", 70.0, 1.0, "#4e79
            ("fer2013_long", 72.0, 1.5, "#b07aa1")]
 
 
+VIEWS_AT_EXPORT = "2026-12-02"  # the first day of runs whose views were added at export, not in training
+EXPORT_VAL_SINCE = "2026-12-06"  # the evaluate stage logs `val/exported_accuracy`
+
+
 def exported_val(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> float:
     """Runs before `train_val_accuracy` logged the exported model's val accuracy as step 0 of the curve."""
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     return next((m.value for m in history if m.step == 0), float("nan"))
+
+
+def val_figures(client: mlflow.MlflowClient, run: mlflow.entities.Run, tta: bool) -> tuple[float | None, ...]:
+    """(one view of the trained network, the exported model with its views) on val; None where a run did
+    not measure it or trained on val. Before the views moved to export (runs with `model.tta_*` params),
+    the trained model carried its views, so training's val figure was the exported model's."""
+    m, p = run.data.metrics, run.data.params
+    if fitted_on_val(p):
+        return None, None
+    logged = metric(m, "val/accuracy", "train_val_accuracy") or exported_val(client, run)
+    if "model.tta_flip" in p:
+        return (None if tta else logged), logged
+    return logged, m.get("val/exported_accuracy")
+
+
+def migrated(row: dict) -> dict:
+    """A row of an earlier report, from before the zoo told the two val figures apart (`val_figures`)."""
+    if "val_export" in row:
+        return row
+    if row.get("date", "") < VIEWS_AT_EXPORT:
+        return row | {"val": None if row["tta"] or row.get("zoom") else row["val"], "val_export": row["val"]}
+    return row | {"val_export": None}
 
 
 def collect(client: mlflow.MlflowClient) -> list[dict]:
@@ -63,12 +89,14 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
         # a stage DVC skipped (e.g. fer2013_fast exporting fer2013's trained network) was restored from its run
         if not all(stage_recorded(s, tags) for s in STAGES):
             continue
+        tta = p.get("quantize.views.flip", p.get("model.tta_flip")) == "true"
+        zoom = int(p.get("quantize.views.zoom", p.get("model.tta_zoom", 0)))  # older runs: model.tta_*
+        val, val_export = val_figures(client, run, tta or bool(zoom))
         rows.append({
             "run": run.info.run_id[:8], "name": run.info.run_name, "preset": preset_name(run, presets, defaults),
             "model": p.get("model.name"),
             "filters": p.get("model.filters", ""),
-            "tta": p.get("quantize.views.flip", p.get("model.tta_flip")) == "true",
-            "zoom": int(p.get("quantize.views.zoom", p.get("model.tta_zoom", 0))),  # older runs: model.tta_*
+            "tta": tta, "zoom": zoom,
             "epochs": int(metric(m, "train/epochs", "train_epochs") or 0),
             "mmacs": (metric(m, "compute/macs_per_face", "macs_per_face") or 0) / 1e6,
             "train_min": metric(m, "train/minutes") or (m.get("train_seconds", 0) / 60),
@@ -81,8 +109,7 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
             "lat_f32": m.get("latency_ms_float32_t1"),  # per-variant latency is in benchmark/details.json now
             "size_kb": metric(m, "size/kib", "size_kb_int8"), "seed": p.get("train.seed"),
             "protocol": tags.get("protocol", ""),
-            "val": None if fitted_on_val(p) else (metric(m, "val/accuracy", "train_val_accuracy")
-                                                   or exported_val(client, run)),
+            "val": val, "val_export": val_export,
             "recipe": recipe(p) + ("" if tags.get("train.precision", "float32") == "float32"
                                    else f", {tags['train.precision']}"),
             "host": host(run), "date": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d"),
@@ -194,7 +221,7 @@ def seed_table(summaries: list[dict]) -> list[str]:
              "Runs of one preset and recipe on one CPU type that differ only by `train.seed`. Spread: the sample "
              "standard deviation and the range (max - min) of the int8 PublicTest accuracy.", "",
              "| preset | host | seeds (runs) | epochs | img/s | int8 acc per seed | int8 mean | std | range "
-             "| val acc mean |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| val mean, one view |", "|---|---|---|---|---|---|---|---|---|---|"]
     for g in summaries:
         seeds = ", ".join(f"{s} ({n})" for s, n in zip(g["seeds"], g["runs"], strict=True))
         lines.append(f"| `{g['preset']}` | {g['host']} | {seeds} | {', '.join(str(e) for e in g['epochs'])} | "
@@ -211,14 +238,17 @@ def write_table(rows: list[dict], path: Path) -> None:
         "",
         f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `benchmarks/zoo.py` from the MLflow runs. PublicTest "
         "(3,589 faces) is the test split (holdout protocol: validation is a seeded stratified 10 % of Training; "
-        "'val acc', of the exported model with its TTA, is the only number a recipe was chosen by). Latency: "
+        "val is the only split a recipe was chosen on). 'val, one view': the trained network (Keras) on each face "
+        "once; 'val, export': the registered int8 model with its test-time views, as the evaluate stage scores it "
+        f"since {EXPORT_VAL_SINCE} (before {VIEWS_AT_EXPORT} the trained model carried its views, so training's "
+        "figure was the export's; runs in between have one view only). Latency: "
         "LiteRT, batch 1, 1 thread, median of the benchmark stage, on the row's host: compare milliseconds, "
         "images/s and epochs only between rows of one host. A run fitted on train + val (its recipe says so) has "
         "no val figure: its val faces were training data.",
         "",
-        "| run | preset | date | host | model | recipe | MACs (M) | epochs | train min | img/s | val acc "
-        "| Keras acc | float32 acc | int8 acc | int8 macro-F1 | int8 ms/face | int8 KiB | seed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | preset | date | host | model | recipe | MACs (M) | epochs | train min | img/s | val, one view "
+        "| val, export | Keras acc | float32 acc | int8 acc | int8 macro-F1 | int8 ms/face | int8 KiB | seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = f"{r['model']} {r['filters']}" + (" +flip" if r["tta"] else "") + (
@@ -227,6 +257,7 @@ def write_table(rows: list[dict], path: Path) -> None:
         lines.append(f"| {r['name']} | {preset} | {r.get('date', '')} | {r.get('host') or 'unknown'} | {name} | "
                      f"{r['recipe']} | {r['mmacs']:.1f} | "
                      f"{r['epochs']} | {r['train_min']:.0f} | {r['img_s']:.0f} | {share(r['val'], '.4f')} | "
+                     f"{share(r.get('val_export'), '.4f')} | "
                      f"{r['keras']:.4f} | "
                      f"{r['float32']:.4f} | {r['int8']:.4f} | "
                      f"{r['f1_int8']:.4f} | {r['lat_int8']:.3f} | {r['size_kb']:.0f} | {r['seed']} |")
@@ -333,7 +364,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     previous = out.with_suffix(".json")
-    earlier = [] if args.fresh or not previous.exists() else json.loads(previous.read_text())["rows"]
+    earlier = [] if args.fresh or not previous.exists() else [
+        migrated(r) for r in json.loads(previous.read_text())["rows"]]
     rows = merge(collect(mlflow.MlflowClient(args.tracking_uri)), earlier)
     if not rows:
         raise SystemExit(f"error: no finished FER2013 runs at {args.tracking_uri} (and none in {previous})")

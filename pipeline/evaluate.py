@@ -9,6 +9,10 @@ clear (tested in-process). `main()` then tags the registered version with its te
 The Keras model is the trained network on one view of each face; the .tflite variants carry the
 test-time views of `quantize.views`, so "keras" against "float32" reads as one view against all of them.
 
+The registered variant is also scored on val (`val/exported_accuracy`) unless val was training data
+(`train.include_val`): training's `val/accuracy` is one view of the Keras network, and a choice between
+finished models (views, ensembles, export) needs the figure of what ships, on a split that is not the test.
+
 Outside DVC it scores any model on any labelled data and prints the same metrics JSON:
     python -m pipeline.evaluate model=models:/fer-expression-fer2013@champion data.path=faces.zip
 """
@@ -134,11 +138,13 @@ def write_plots(y_test: np.ndarray, y_pred: np.ndarray, x_test: np.ndarray, best
 
 
 def flat(models: dict[str, dict], variant: str, baseline: dict[str, float] | None, floor: float | None,
-         test_size: int) -> dict[str, float]:
+         test_size: int, val: dict[str, Any] | None = None) -> dict[str, float]:
     """metrics/evaluate.json: the registered variant under the plain names, its per-class recall, the other
-    variants' accuracy, the baseline and the floor (everything else stays in the details file)."""
+    variants' accuracy, its val figures if val was held out, the baseline and the floor (everything else
+    stays in the details file)."""
     best = models[variant]
     return {
+        **({"val/exported_accuracy": val["accuracy"], "val/exported_macro_f1": val["macro_f1"]} if val else {}),
         "test/accuracy": best["accuracy"], "test/macro_f1": best["macro_f1"],
         **{recall(c): v["recall"] for c, v in best["per_class"].items()},
         "test/keras_accuracy": models["keras"]["accuracy"],
@@ -178,6 +184,18 @@ def score_exports(x_test: np.ndarray, y_test: np.ndarray, labels: list[str]) -> 
     return evaluate(y_test, all_scores, labels), all_scores
 
 
+def score_on_val(variant: str, labels: list[str]) -> dict[str, Any] | None:
+    """`score()` of the exported `variant` on the val split (None when the split is empty)."""
+    x_val, y_val = load_split("val")
+    if not len(y_val):
+        return None
+    val = score(y_val, TFLiteClassifier(artifacts.tflite_path(variant), labels, usable_cores()).predict(x_val),
+                labels)
+    print(f"[evaluate] {variant} on val ({len(y_val)} faces, all views): accuracy {val['accuracy']:.4f}, "
+          f"macro-F1 {val['macro_f1']:.4f}")
+    return val
+
+
 def main() -> None:
     if len(sys.argv) > 1:
         standalone(sys.argv[1:])
@@ -213,14 +231,15 @@ def main() -> None:
         print(f"[evaluate] promotion of {registered['name']} v{registered['version']}: "
               f"{'promoted to' if decision['promoted'] else 'not'} champion ({decision['reason']})")
         write_plots(y_test, all_scores[variant].argmax(axis=1), x_test, best, variant, labels, cfg.sample_grid)
+        val = None if params.train.include_val else score_on_val(variant, labels)
         details = {
             "variant": variant, "protocol": report.protocol, "test_split": report.mapping["test"],
             "test_size": len(y_test), "test_digest": report.digests["test"],
             "baseline_logreg": baseline, "promotion_floor": floor,
             "registered": {k: registered[k] for k in ("name", "version", "run_id")},
-            "promotion": decision, "models": models,
+            "promotion": decision, "models": models, "val": val,
         }
-        metrics = flat(models, variant, baseline, floor, len(y_test))
+        metrics = flat(models, variant, baseline, floor, len(y_test), val)
         write_json(artifacts.EVALUATE_DETAILS, details)
         write_json(artifacts.EVALUATE_METRICS, metrics)
         log(metrics, details, registered)

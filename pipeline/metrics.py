@@ -37,6 +37,7 @@ HEADLINE: tuple[Headline, ...] = (
     Headline("test/keras_accuracy", "test accuracy, Keras, one view", ".2%"),
     Headline("baseline/accuracy", "test accuracy, raw-pixel logistic regression", ".2%"),
     Headline("val/accuracy", "val accuracy, Keras, one view", ".2%"),
+    Headline("val/exported_accuracy", "val accuracy, registered variant, all views", ".2%"),
     Headline("latency/ms_per_face", "ms per face, registered variant, 1 thread", ".3f", column=True),
     Headline("latency/frame_ms", "ms per 640x480 frame (detect + classify)", ".2f"),
     Headline("size/kib", "registered variant's size, KiB", ",.0f", column=True),

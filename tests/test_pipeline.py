@@ -105,13 +105,16 @@ def test_registered_champion_reproduces_the_reported_accuracy(repro: Repro, mlfl
     assert accuracy == reported
 
 
-def test_the_scorer_reads_the_val_split_and_refuses_bad_arguments(repro: Repro) -> None:
-    scorer = [sys.executable, "-m", "pipeline.evaluate", "model=models/tflite/int8.tflite"]
+def test_the_scorer_reads_the_val_split_as_the_stage_did_and_refuses_bad_arguments(repro: Repro) -> None:
+    variant = json.loads((repro.path / "models/registered.json").read_text())["variant"]
+    scorer = [sys.executable, "-m", "pipeline.evaluate", f"model=models/tflite/{variant}.tflite"]
     scored = json.loads(run([*scorer, "split=val"], repro.path, repro.env).stdout)
     x, y = load_split(repro.path / "data/prepared/val.npz")
     assert scored["data"] == "val split" and scored["n"] == len(y)
-    expected = TFLiteClassifier(repro.path / "models/tflite/int8.tflite", list(CLASSES)).predict(x).argmax(1)
+    expected = TFLiteClassifier(repro.path / f"models/tflite/{variant}.tflite", list(CLASSES)).predict(x).argmax(1)
     assert scored["accuracy"] == float((expected == y).mean())
+    # the evaluate stage logged the same figure: the tiny preset holds val out
+    assert json.loads((repro.path / "metrics/evaluate.json").read_text())["val/exported_accuracy"] == scored["accuracy"]
     for bad, message in ((["split=dev"], "error: split=dev: expected train, val or test"),
                          (["split=val", "data.path=x.zip"], "error: give data.path= or split=, not both")):
         result = subprocess.run([*scorer, *bad], cwd=repro.path, env=repro.env, capture_output=True, text=True)

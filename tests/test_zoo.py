@@ -20,13 +20,14 @@ def _finished_run(client: mlflow.MlflowClient, experiment: str, name: str, accur
     run = client.create_run(experiment, run_name=name, tags={"pipeline.data_family": "fer2013"} | {
         f"pipeline.stage.{s}": "done" for s in STAGES})
     rid = run.info.run_id
-    for key, value in {"model.name": "convnet", "model.filters": "[24,32,128,256]", "model.tta_flip": "true",
+    for key, value in {"model.name": "convnet", "model.filters": "[24,32,128,256]", "quantize.views.flip": "true",
                        "train.seed": "42", "train.optimizer": "adamw", "train.schedule": "onecycle",
                        "train.lr": "0.003", "train.weight_decay": "0.01", "train.class_weight": "sqrt",
                        "train.augment.erasing": "0.5", "train.time_budget_min": "115"}.items():
         client.log_param(rid, key, value)
     for key, value in {"train/epochs": 140, "compute/macs_per_face": 160.3e6, "train/minutes": 115,
-                       "train/images_per_s": 530, "val/accuracy": 0.69, "test/keras_accuracy": accuracy,
+                       "train/images_per_s": 530, "val/accuracy": 0.69, "val/exported_accuracy": 0.7,
+                       "test/keras_accuracy": accuracy,
                        "test/float32_accuracy": accuracy, "test/accuracy": accuracy, "test/macro_f1": 0.66,
                        "latency/ms_per_face": 0.9, "latency_ms_float32_t1": 0.8, "size/kib": 1119}.items():
         client.log_metric(rid, key, value)
@@ -59,7 +60,8 @@ def test_the_zoo_adds_this_stores_runs_to_the_earlier_rows(tmp_path: Path) -> No
     assert set(rows) == {new, "old-run"}
     assert rows[new]["int8"] == 0.68
     assert rows[new]["recipe"] == "adamw onecycle 0.003, wd 0.01, cw sqrt, erase 0.5, 115 min"
-    assert rows["old-run"] == earlier
+    assert rows["old-run"] == earlier | {"val_export": 0.65}  # one view, from before the views moved to export
+    assert (rows[new]["val"], rows[new]["val_export"]) == (0.69, 0.7)
     table = out.with_suffix(".md").read_text()
     assert "| fer2013-new |" in table and "| fer2013-old |" in table
     assert out.with_name("fer2013-zoo.png").read_bytes()[:4] == b"\x89PNG"
@@ -97,7 +99,7 @@ def test_a_run_fitted_on_train_and_val_has_no_val_figure(tmp_path: Path) -> None
     (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert row["val"] is None and "fit on train + val" in row["recipe"]
     (line,) = [li for li in out.with_suffix(".md").read_text().splitlines() if li.startswith("| fer2013-incval |")]
-    assert "| 530 | – | 0.6900 |" in line  # images/s, no val figure, then the Keras test accuracy
+    assert "| 530 | – | – | 0.6900 |" in line  # images/s, no val figures, then the Keras test accuracy
 
 
 def test_an_empty_store_and_no_report_is_one_line(tmp_path: Path) -> None:
@@ -193,3 +195,20 @@ def test_the_charts_labels_cover_no_other_label_even_where_runs_crowd() -> None:
     frame = ax.get_window_extent(renderer)
     assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes.values())
     plt.close(fig)
+
+
+def test_the_two_val_figures_of_runs_from_before_the_views_moved_to_export(tmp_path: Path) -> None:
+    """Until 2026-12-01 the trained model carried its views: its val figure was the export's, not one view's."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store)
+    experiment = client.create_experiment("fer-expression")
+    rid = _finished_run(client, experiment, "fer2013-old-views", 0.68)
+    client.log_param(rid, "model.tta_flip", "true")
+    assert _zoo(store, tmp_path / "fer2013").returncode == 0
+    (row,) = json.loads((tmp_path / "fer2013.json").read_text())["rows"]
+    assert (row["val"], row["val_export"]) == (None, 0.69)
+    zoo = _load_zoo()
+    kept = {"date": "2026-11-26", "tta": True, "zoom": 44, "val": 0.6865}
+    assert zoo.migrated(kept) == kept | {"val": None, "val_export": 0.6865}
+    assert zoo.migrated(dict(kept, date="2026-12-02", val=0.6733)) == dict(kept, date="2026-12-02", val=0.6733,
+                                                                          val_export=None)
