@@ -16,6 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "quantize", "benchmark", "evaluate")
 
 
+def _store(tmp_path: Path) -> tuple[str, mlflow.MlflowClient, str]:
+    """A fresh SQLite tracking store with the pipeline's experiment: (its URI, a client, the experiment id)."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store)
+    return store, client, client.create_experiment("fer-expression")
+
+
 def _finished_run(client: mlflow.MlflowClient, experiment: str, name: str, accuracy: float) -> str:
     run = client.create_run(experiment, run_name=name, tags={"pipeline.data_family": "fer2013"} | {
         f"pipeline.stage.{s}": "done" for s in STAGES})
@@ -41,9 +48,7 @@ def _zoo(store: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_the_zoo_adds_this_stores_runs_to_the_earlier_rows(tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(store)
-    experiment = client.create_experiment("fer-expression")
+    store, client, experiment = _store(tmp_path)
     new = _finished_run(client, experiment, "fer2013-new", 0.68)[:8]  # the zoo keys rows by short run id
     out = tmp_path / "reports" / "fer2013"
     out.parent.mkdir()
@@ -73,9 +78,7 @@ def test_the_zoo_adds_this_stores_runs_to_the_earlier_rows(tmp_path: Path) -> No
 
 def test_a_run_that_re_exported_a_trained_network_is_a_row_and_an_unfinished_one_is_not(tmp_path: Path) -> None:
     """`fer2013_fast` after `fer2013`: DVC skips train, the run restores its record from the run that trained."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(store)
-    experiment = client.create_experiment("fer-expression")
+    store, client, experiment = _store(tmp_path)
     trained = _finished_run(client, experiment, "fer2013-final", 0.69)
     for name, tag in (("fer2013-final-fast", "pipeline.restored.train"), ("fer2013-cut", "pipeline.other")):
         rid = _finished_run(client, experiment, name, 0.68)
@@ -88,9 +91,7 @@ def test_a_run_that_re_exported_a_trained_network_is_a_row_and_an_unfinished_one
 
 def test_a_run_fitted_on_train_and_val_has_no_val_figure(tmp_path: Path) -> None:
     """Its val faces were training data: the figure it logged would read as held-out."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(store)
-    experiment = client.create_experiment("fer-expression")
+    store, client, experiment = _store(tmp_path)
     rid = _finished_run(client, experiment, "fer2013-incval", 0.69)
     client.log_param(rid, "train.include_val", "true")
     out = tmp_path / "fer2013"
@@ -199,9 +200,7 @@ def test_the_charts_labels_cover_no_other_label_even_where_runs_crowd() -> None:
 
 def test_the_two_val_figures_of_runs_from_before_the_views_moved_to_export(tmp_path: Path) -> None:
     """Until 2026-12-01 the trained model carried its views: its val figure was the export's, not one view's."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(store)
-    experiment = client.create_experiment("fer-expression")
+    store, client, experiment = _store(tmp_path)
     rid = _finished_run(client, experiment, "fer2013-old-views", 0.68)
     client.log_param(rid, "model.tta_flip", "true")
     assert _zoo(store, tmp_path / "fer2013").returncode == 0
