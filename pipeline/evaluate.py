@@ -15,6 +15,7 @@ finished models (views, ensembles, export) needs the figure of what ships, on a 
 
 Outside DVC it scores any model on any labelled data and prints the same metrics JSON:
     python -m pipeline.evaluate model=models:/fer-expression-fer2013@champion data.path=faces.zip
+    python -m pipeline.evaluate model=models/tflite/int8.tflite split=val
 """
 
 from __future__ import annotations
