@@ -96,7 +96,8 @@ def register(path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 48, 48), "faces")]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(CLASSES)), "scores")]))
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # MLflow nags about type hints that would make it validate inputs by a schema we give explicitly.
+        # MLflow suggests type hints that would make it validate inputs by a schema we give explicitly
+        # (`predict` is hinted `np.ndarray`, which MLflow infers no schema from; see serving.py).
         warnings.filterwarnings("ignore", message=".*[Tt]ype hint.*")
         # Fixed artifact names, so the runner can fetch exactly these two files.
         shutil.copy(path, Path(tmp) / MODEL_FILE)
