@@ -7,7 +7,9 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import MODEL_SCHEMAS, ViewsConfig, compose, parse_params
-from pipeline.models import ARCHITECTURES, build_model, count_macs, with_views
+from pipeline.models import ARCHITECTURES, build_model, count_macs, ensemble, with_views
+
+from .conftest import load_benchmark
 
 
 def model_cfg(option: str, **changes: object):
@@ -103,15 +105,7 @@ def test_resnet_se_preset_costs_about_what_fer_vgg_does() -> None:
 
 
 def test_the_views_report_scores_an_ensemble_whole_and_unwraps_only_a_views_wrapper() -> None:
-    import importlib.util
-    from pathlib import Path
-
-    from pipeline.models import ensemble
-
-    spec = importlib.util.spec_from_file_location(
-        "tta_views", Path(__file__).resolve().parents[1] / "benchmarks" / "tta_views.py")
-    tta_views = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tta_views)
+    tta_views = load_benchmark("tta_views")
     core = build_model(model_cfg("small_cnn"))
     both = ensemble([core, build_model(model_cfg("small_cnn"))])
     assert tta_views.unwrap_views(both) is both  # not its first member

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from pathlib import Path
 import mlflow
 
 from pipeline.config import compose, parse_params, preset_of, preset_params, to_flat_dict
+
+from .conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "quantize", "benchmark", "evaluate")
@@ -110,15 +111,8 @@ def test_an_empty_store_and_no_report_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "fer2013.md").exists()
 
 
-def _load_zoo():
-    spec = importlib.util.spec_from_file_location("zoo", REPO / "benchmarks" / "zoo.py")
-    zoo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(zoo)
-    return zoo
-
-
 def test_a_run_is_named_by_the_preset_whose_model_and_train_params_it_has() -> None:
-    zoo = _load_zoo()
+    zoo = load_benchmark("zoo")
     presets, defaults = preset_params("fer2013*"), to_flat_dict(parse_params(compose()))
     logged = to_flat_dict(parse_params(compose(["experiment=fer2013_fast", "data.path=elsewhere.zip"])))
     assert preset_of(logged, presets) == "fer2013_fast"  # data params don't matter
@@ -137,7 +131,7 @@ def test_a_run_is_named_by_the_preset_whose_model_and_train_params_it_has() -> N
 
 
 def test_the_recipe_cell_tells_the_seed_preset_from_ours() -> None:
-    zoo = _load_zoo()
+    zoo = load_benchmark("zoo")
     flat = {k: str(v) for k, v in to_flat_dict(parse_params(compose(["experiment=fer2013_seed"]))).items()}
     assert zoo.recipe(flat) == "adam constant 0.001, wd 0.0, cw none, no augmentation, 115 min"
     ours = {k: str(v) for k, v in to_flat_dict(parse_params(compose(["experiment=fer2013"]))).items()}
@@ -157,7 +151,7 @@ def test_the_recipe_cell_tells_the_seed_preset_from_ours() -> None:
 
 
 def test_seeds_of_one_preset_on_one_host_are_summarised_and_other_hosts_are_not_mixed_in() -> None:
-    zoo = _load_zoo()
+    zoo = load_benchmark("zoo")
     base = {"preset": "fer2013", "recipe": "adamw", "host": "Intel A", "val": 0.66, "epochs": 69, "img_s": 276}
     rows = [dict(base, name="a-s42", seed="42", int8=0.6748), dict(base, name="a-s1", seed="1", int8=0.6800),
             dict(base, name="b-s42", seed="42", int8=0.6938, host="AMD B"),  # one seed on its host: no summary
@@ -177,7 +171,7 @@ def test_the_charts_labels_cover_no_other_label_even_where_runs_crowd() -> None:
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
 
-    zoo = _load_zoo()
+    zoo = load_benchmark("zoo")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     # six runs within 0.1 ms and 0.6 points of each other, as seeds of one preset are, and a loner
     points = [(0.90 + 0.01 * i, 69.0 + 0.1 * i, 9.0, f"fer2013 (run-number-{i})", "black") for i in range(6)]
@@ -206,7 +200,7 @@ def test_the_two_val_figures_of_runs_from_before_the_views_moved_to_export(tmp_p
     assert _zoo(store, tmp_path / "fer2013").returncode == 0
     (row,) = json.loads((tmp_path / "fer2013.json").read_text())["rows"]
     assert (row["val"], row["val_export"]) == (None, 0.69)
-    zoo = _load_zoo()
+    zoo = load_benchmark("zoo")
     kept = {"date": "2026-11-26", "tta": True, "zoom": 44, "val": 0.6865}
     assert zoo.migrated(kept) == kept | {"val": None, "val_export": 0.6865}
     assert zoo.migrated(dict(kept, date="2026-12-02", val=0.6733)) == dict(kept, date="2026-12-02", val=0.6733,
