@@ -112,10 +112,13 @@ def standalone(args: list[str]) -> None:
         raise SystemExit(f"error: split={split}: expected train, val or test")
     if "split" in options and "data.path" in options:
         raise SystemExit("error: give data.path= or split=, not both")
+    threads = options.get("threads", "1")
+    if not threads.isdigit() or int(threads) < 1:
+        raise SystemExit(f"error: threads={threads}: expected a whole number >= 1")
     try:
         resolved = resolve(options.get("model", str(artifacts.tflite_path("int8"))), default_tracking_uri())
         x, y = read_labelled(Path(options["data.path"])) if "data.path" in options else load_split(split)
-        classifier = TFLiteClassifier(resolved.tflite, resolved.labels, int(options.get("threads", 1)))
+        classifier = TFLiteClassifier(resolved.tflite, resolved.labels, int(threads))
     except (ModelError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
     result = {"model": resolved.uri, "version": resolved.version, "data": options.get("data.path", f"{split} split"),

@@ -116,7 +116,9 @@ def test_the_scorer_reads_the_val_split_as_the_stage_did_and_refuses_bad_argumen
     # the evaluate stage logged the same figure: the tiny preset holds val out
     assert json.loads((repro.path / "metrics/evaluate.json").read_text())["val/exported_accuracy"] == scored["accuracy"]
     for bad, message in ((["split=dev"], "error: split=dev: expected train, val or test"),
-                         (["split=val", "data.path=x.zip"], "error: give data.path= or split=, not both")):
+                         (["split=val", "data.path=x.zip"], "error: give data.path= or split=, not both"),
+                         (["threads=abc"], "error: threads=abc: expected a whole number >= 1"),
+                         (["threads=0"], "error: threads=0: expected a whole number >= 1")):
         result = subprocess.run([*scorer, *bad], cwd=repro.path, env=repro.env, capture_output=True, text=True)
         assert result.returncode != 0 and result.stderr.strip().splitlines() == [message]
 
