@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv run exp-show test test-fast lint params lock venv-lean realtime-size release-model wheel
+.PHONY: help venv run exp-show test test-fast lint params lock venv-lean realtime-size release-model teacher wheel
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -57,6 +57,9 @@ realtime-size: venv-lean  ## installed size of the realtime runner (lean venv) n
 
 release-model: venv  ## the bundled release model from the registry: make release-model MODEL=models:/fer-expression-fer2013@champion
 	$(BIN)/python -m pipeline.release $(MODEL)
+
+teacher: venv  ## a distillation teacher from the registry into models/teachers/<name>/: make teacher MODEL=models:/fer-expression-fer2013/3
+	$(BIN)/python -m pipeline.release --teacher $(MODEL)
 
 DIST ?= dist
 wheel: venv  ## the installable runner: a wheel in $(DIST)/ (python -m build), no TensorFlow needed to run it

@@ -33,6 +33,7 @@ LATENCY_CHART = Path("plots/benchmark/latency.png")
 CONFUSION_CSV = Path("plots/evaluate/confusion.csv")
 CONFUSION_PNG = Path("plots/evaluate/confusion.png")
 SAMPLES_PNG = Path("plots/evaluate/samples.png")
+TEACHERS_DIR = Path("models/teachers")  # committed distillation teachers (train.distill.teachers: teacher:<name>)
 PROMOTION_LOCK = ".promotion.lock"  # under the repo root: serialises promotion across parallel experiments
 
 

@@ -217,7 +217,9 @@ class DistillConfig:
 
     Teachers are registered versions, `models:/<name>/<version>` (immutable, unlike an alias), or the
     bundled release by its name, `release:<release>` (so a fresh clone can distil from the shipped model;
-    the name pins it, and a newer release fails the run rather than silently changing the teacher). Their
+    the name pins it, and a newer release fails the run rather than silently changing the teacher), or a
+    committed teacher, `teacher:<name>` (`models/teachers/<name>/`, sha256-pinned by its card), so that an
+    ensemble can be gathered across sessions and hosts. Their
     averaged scores on each training face (softened by `temperature`) get `weight` in the targets.
     """
 
@@ -227,12 +229,12 @@ class DistillConfig:
 
     def check(self) -> str | None:
         for i, uri in enumerate(self.teachers):
-            if uri.startswith("release:") and uri.removeprefix("release:"):
+            if uri.startswith(("release:", "teacher:")) and uri.partition(":")[2]:
                 continue
             _name, slash, version = uri.removeprefix("models:/").partition("/")
             if not uri.startswith("models:/") or not slash or not version.isdigit() or "@" in uri:
-                return (f"teachers[{i}] = {uri}: must be models:/<name>/<version> (an alias can move) "
-                        "or release:<release name>")
+                return (f"teachers[{i}] = {uri}: must be models:/<name>/<version> (an alias can move), "
+                        "release:<release name> or teacher:<name> (a folder of models/teachers/)")
         if self.teachers and not self.weight:
             return "weight = 0.0: must be > 0 when teachers are given"
         return None

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import default_tracking_uri
+from pipeline.artifacts import TEACHERS_DIR, default_tracking_uri
 from pipeline.files import write_json, write_text
 from pipeline.inference.classifier import ModelError, TFLiteClassifier, read_labels_file
 from pipeline.inference.contract import CLASSES, LABELS_FILE, MODEL_FILE, Tag, parse_model_uri
@@ -69,6 +69,7 @@ def card(uri: str, tracking_uri: str) -> tuple[dict, str]:
     views = {"flip": params.get("quantize.views.flip", params.get("model.tta_flip")) == "true",
              "zoom": int(params.get("quantize.views.zoom", params.get("model.tta_zoom", 0)))}
     accuracy = float(version.tags.get(Tag.test_accuracy, "nan"))
+    metrics = client.get_run(run_id).data.metrics
     return {
         # a version number is only unique within one registry; the training run's id is unique everywhere
         "release": f"{info['name']}-{run_id[:8]}", "family": "fer2013", "model": uri,
@@ -86,6 +87,9 @@ def card(uri: str, tracking_uri: str) -> tuple[dict, str]:
                      "rebuild": local(info["rebuild"]["command"]),
                      "overrides": [local(o) for o in info["rebuild"]["overrides"]]},
         "variant": variant, "views": views,
+        # what was chosen on: one view at the epoch kept, and the export with its views (absent after a final fit)
+        "val": {"accuracy_one_view": metrics.get("val/accuracy"),
+                "exported_accuracy": metrics.get("val/exported_accuracy")},
         "test": {"accuracy": accuracy, "macro_f1": float(version.tags.get(Tag.test_macro_f1, "nan")),
                  "recall": {c: scores["per_class"][c]["recall"] for c in CLASSES} if scores else {},
                  "faces": evaluate.get("test_size")},
@@ -108,17 +112,28 @@ def data_text(d: dict) -> str:
             f"{d['test_split']}, read once, after training. {fit}")
 
 
+ROLES = {
+    "release": "The release model bundled with `fer-pipeline` (`pipeline/inference/release/`): the runner and the "
+               "Python API\nuse it when no `model=` is given and the tracking store has no better FER2013 champion.",
+    "teacher": "A distillation teacher (`models/teachers/`): this pipeline trained it on FER2013 Training, and a "
+               "student\nlearns from its scores with `train.distill.teachers=[teacher:<name>]`. It does not ship.",
+}
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2%}"
+
+
 def markdown(c: dict, lineage_text: str) -> str:
     recall = " | ".join(f"{v:.0%}" for v in c["test"]["recall"].values())
     views = ["the face"] + ([f"its central {c['views']['zoom']} px zoomed"] if c["views"]["zoom"] else [])
     views_text = " and ".join(views) + (", and the mirror of each" if c["views"]["flip"] else "")
-    latency, test = c["latency"], c["test"]
+    latency, test, val = c["latency"], c["test"], c.get("val", {})
     mmacs = latency["macs_per_face"] / 1e6 if latency["macs_per_face"] else float("nan")
     ms = latency["ms_per_face_1_thread"] or float("nan")
     return f"""# Model card: {c['release']}
 
-The release model bundled with `fer-pipeline` (`pipeline/inference/release/`): the runner and the Python API
-use it when no `model=` is given and the tracking store has no FER2013 champion. {c['summary']}.
+{ROLES[c.get('role', 'release')]} {c['summary']}.
 
 | | |
 |---|---|
@@ -126,6 +141,7 @@ use it when no `model=` is given and the tracking store has no FER2013 champion.
 | output | 7 scores: {', '.join(CLASSES)} |
 | variant | {c['variant']} TFLite, {c['size_bytes'] / 1024:,.0f} KiB, sha256 `{c['sha256']}` |
 | test-time views | {views_text} ({mmacs:.0f} M MACs per face) |
+| validation, one view / export | {_percent(val.get('accuracy_one_view'))} / {_percent(val.get('exported_accuracy'))} |
 | FER2013 PublicTest ({test['faces']} faces) | accuracy **{test['accuracy']:.2%}**, macro-F1 {test['macro_f1']:.3f} |
 | latency per face, 1 thread | {ms:.2f} ms on {latency['machine']} (LiteRT; hosts differ, see the README) |
 | registered as | `models:/{c['registered']['name']}/{c['registered']['version']}`, run `{c['registered']['run_id']}` |
@@ -161,14 +177,14 @@ a balanced sample of anyone. Do not use its output to make decisions about peopl
 """
 
 
-def release(uri: str, tracking_uri: str, out: Path = RELEASE_DIR) -> dict:
-    """Download, check and write the release files; the card dict."""
+def release(uri: str, tracking_uri: str, out: Path = RELEASE_DIR, role: str = "release") -> dict:
+    """Download, check and write the release (or a teacher's) files; the card dict."""
     parse_model_uri(uri)
     model = download_registered(uri, tracking_uri)
     meta = read_labels_file(model.tflite.with_name(LABELS_FILE))
     TFLiteClassifier(model.tflite, list(meta["labels"]))  # loads, and has the contract's shapes
     c, lineage_text = card(uri, tracking_uri)
-    c.update(sha256=sha256_of(model.tflite), size_bytes=model.tflite.stat().st_size)
+    c.update(sha256=sha256_of(model.tflite), size_bytes=model.tflite.stat().st_size, role=role)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".tmp-{MODEL_FILE}"
     shutil.copy(model.tflite, tmp)
@@ -187,15 +203,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="models:/<name>@<alias> or models:/<name>/<version> (a FER2013 model)")
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
+    parser.add_argument("--teacher", action="store_true",
+                        help=f"write a distillation teacher to {TEACHERS_DIR}/<release name>/ instead")
     args = parser.parse_args()
     if "fer2013" not in args.model:
         raise SystemExit(f"error: {args.model}: the release is a FER2013 model (models:/fer-expression-fer2013...)")
     try:
-        c = release(args.model, args.tracking_uri or default_tracking_uri())
+        if args.teacher:  # the folder is named after the card's unique release name, known only once it is made
+            with tempfile.TemporaryDirectory(dir=TEACHERS_DIR.parent) as tmp:
+                c = release(args.model, args.tracking_uri or default_tracking_uri(), Path(tmp), role="teacher")
+                out = TEACHERS_DIR / c["release"]
+                if out.exists():
+                    raise SystemExit(f"error: {out} exists already: that run is a teacher already")
+                TEACHERS_DIR.mkdir(parents=True, exist_ok=True)
+                Path(tmp).rename(out)
+        else:
+            c, out = release(args.model, args.tracking_uri or default_tracking_uri()), RELEASE_DIR
     except (ModelError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    print(f"released {c['release']} ({c['test']['accuracy']:.2%} on PublicTest, sha256 {c['sha256'][:12]}) "
-          f"to {RELEASE_DIR}")
+    name = f"teacher:{c['release']}" if args.teacher else c["release"]
+    print(f"released {name} ({c['test']['accuracy']:.2%} on PublicTest, sha256 {c['sha256'][:12]}) to {out}")
 
 
 if __name__ == "__main__":

@@ -253,16 +253,22 @@ def val_metrics(model: keras.Model, val_split: Split, history: list[dict[str, fl
     }
 
 
-def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str) -> np.ndarray:
-    """The teachers' averaged scores on `faces` (LiteRT): registered ones sha256-checked, the bundled
-    release only if it is still the one the config names."""
+def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str,
+                   teachers_dir: Path = artifacts.TEACHERS_DIR) -> np.ndarray:
+    """The teachers' averaged scores on `faces` (LiteRT): registered and committed ones sha256-checked, the
+    bundled release only if it is still the one the config names."""
     from pipeline.inference.classifier import ModelError, TFLiteClassifier, usable_cores
-    from pipeline.inference.registry import download_registered, release_model
+    from pipeline.inference.registry import download_registered, release_model, teacher_model
 
     scores = []
     for uri in teachers:
         try:
-            model = release_model(uri) if uri.startswith("release:") else download_registered(uri, tracking_uri)
+            if uri.startswith("teacher:"):
+                model = teacher_model(uri.removeprefix("teacher:"), teachers_dir)
+            elif uri.startswith("release:"):
+                model = release_model(uri)
+            else:
+                model = download_registered(uri, tracking_uri)
         except ModelError as e:
             raise SystemExit(f"error: train.distill.teachers: {e}") from None
         print(f"[train] teacher {uri}: scoring {len(faces)} training faces")

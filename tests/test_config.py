@@ -97,6 +97,8 @@ def _broken(path: str, value: object) -> OmegaConf:
      "train.distill.teachers[0] = models:/fer-expression-fer2013@champion: must be models:/<name>/<version>"),
     ("train.distill.teachers", ["release:"], "train.distill.teachers[0] = release:: must be models:/<name>/<version>"),
     ("train.distill.teachers", ["release:fer-expression-fer2013-87c95f0d"], "train.distill.weight = 0.0: must be > 0"),
+    ("train.distill.teachers", ["teacher:"], "train.distill.teachers[0] = teacher:: must be models:/<name>/<version>"),
+    ("train.distill.teachers", ["teacher:intel-s7"], "train.distill.weight = 0.0: must be > 0"),
     ("train.time_budget_min", 470.0, "train.time_budget_min = 470: must be 0 with train.distribute = multi_worker"),
     ("train.members", 2, "train.members = 2: must be 1 with train.distribute = multi_worker"),
 ])

@@ -177,6 +177,21 @@ def test_release_writes_the_registered_model_its_labels_and_card(repro: Repro, m
     assert f"{evaluate['accuracy']:.2%}" in text and "rebuild   " in text
     assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["MODEL_CARD.md", "labels.json", "model.tflite",
                                                                     "model_card.json"]
+    assert card["role"] == "release" and "bundled with `fer-pipeline`" in text
+
+
+def test_a_registered_version_becomes_a_committed_teacher(repro: Repro, mlflow_server, tmp_path) -> None:
+    from pipeline.inference.registry import teacher_model
+    from pipeline.release import release
+
+    registered = json.loads((repro.path / "models/registered.json").read_text())
+    metrics = json.loads((repro.path / "metrics/evaluate.json").read_text())
+    card = release(f"models:/{registered['name']}/{registered['version']}", mlflow_server.uri,
+                   tmp_path / "teachers" / "t", role="teacher")
+    assert card["role"] == "teacher" and card["val"]["exported_accuracy"] == metrics["val/exported_accuracy"]
+    text = (tmp_path / "teachers" / "t" / "MODEL_CARD.md").read_text()
+    assert "A distillation teacher" in text and f"{metrics['val/exported_accuracy']:.2%}" in text
+    assert teacher_model("t", tmp_path / "teachers").uri == "teacher:t"
 
 
 def test_changing_only_the_test_time_views_re_exports_without_retraining(repro: Repro, tmp_path) -> None:

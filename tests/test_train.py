@@ -128,6 +128,36 @@ def test_the_bundled_release_can_teach_and_is_pinned_by_its_name(splits) -> None
         teacher_scores(["release:an-older-release"], faces, tracking_uri="sqlite:///nowhere.db")
 
 
+def test_a_committed_teacher_teaches_only_while_it_is_the_file_its_card_pins(splits, tmp_path: Path) -> None:
+    """Teachers live in git (models/teachers/<name>/) so an ensemble can grow across sessions and hosts; an
+    edited or half-copied file must fail the run, not silently become another teacher."""
+    import shutil
+
+    from pipeline.inference.classifier import ModelError
+    from pipeline.inference.registry import RELEASE_DIR, release_model, teacher_model
+    from pipeline.train import teacher_scores
+
+    folder = tmp_path / "teachers" / "t1"
+    shutil.copytree(RELEASE_DIR, folder)
+    faces = splits[0][0][:8]
+    taught = teacher_scores(["teacher:t1"], faces, "sqlite:///nowhere.db", tmp_path / "teachers")
+    released = teacher_scores([release_model().uri], faces, "sqlite:///nowhere.db")
+    np.testing.assert_array_equal(taught, released)  # the same file, the same scores
+    with pytest.raises(SystemExit, match=r"^error: train.distill.teachers: teacher:t2: no .*teachers/t2/model.tflite "
+                                         r"\(teachers in .*: t1\)$"):
+        teacher_scores(["teacher:t2"], faces, "sqlite:///nowhere.db", tmp_path / "teachers")
+    with open(folder / "model.tflite", "r+b") as fh:  # one byte changed
+        fh.seek(100)
+        byte = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ModelError, match=r"sha256 differs from its model_card\.json"):
+        teacher_model("t1", tmp_path / "teachers")
+    (folder / "model_card.json").unlink()
+    with pytest.raises(ModelError, match=r"model_card\.json: missing or unreadable"):
+        teacher_model("t1", tmp_path / "teachers")
+
+
 def test_distillation_targets_mix_softened_teacher_scores_with_the_labels() -> None:
     from pipeline.training import distillation_targets
 

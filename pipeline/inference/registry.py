@@ -86,6 +86,29 @@ def release_model(pinned: str | None = None) -> ResolvedModel:
     return resolved
 
 
+def teacher_model(name: str, folder: Path) -> ResolvedModel:
+    """A committed distillation teacher, `<folder>/<name>/` (model.tflite, labels.json, model_card.json).
+
+    Teachers are files in git, so the name alone pins one only if the file is still the one its card
+    describes: a sha256 that differs (an edited or half-copied file) is a ModelError, not a silent new teacher.
+    """
+    import json
+
+    home = folder / name
+    if not (home / MODEL_FILE).is_file():
+        known = sorted(p.name for p in folder.glob("*") if (p / MODEL_FILE).is_file()) if folder.is_dir() else []
+        raise ModelError(f"teacher:{name}: no {home / MODEL_FILE} (teachers in {folder}: "
+                         f"{', '.join(known) or 'none'})")
+    resolved = _local(home / MODEL_FILE, f"teacher:{name}")
+    try:
+        expected = json.loads((home / "model_card.json").read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        raise ModelError(f"{home / 'model_card.json'}: missing or unreadable; it pins the teacher's sha256") from None
+    if sha256_of(resolved.tflite) != expected:
+        raise ModelError(f"{resolved.tflite}: sha256 differs from its model_card.json: not the teacher it names")
+    return resolved
+
+
 def _store_exists(tracking_uri: str) -> bool:
     """False for a sqlite:/// file that does not exist: an empty store, and opening it would create one."""
     return not (tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file())
