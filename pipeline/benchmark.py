@@ -142,7 +142,7 @@ def main() -> None:
     registered = json.loads(artifacts.REGISTERED.read_text())
     sidecar = read_labels_file(artifacts.TFLITE_LABELS)
     cores = usable_cores()
-    with tracking.stage_run("benchmark", params, upstream="quantize"):
+    with tracking.stage_run("benchmark", params):
         details = benchmark(exported_model(sidecar), sorted(artifacts.TFLITE_DIR.glob("*.tflite")),
                             list(sidecar["labels"]), registered, params.benchmark, cores)
         metrics = flat(details, cores)

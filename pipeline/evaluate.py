@@ -98,8 +98,8 @@ def evaluate(y_test: np.ndarray, all_scores: dict[str, np.ndarray], labels: list
 def standalone(args: list[str]) -> None:
     """`model=<uri or .tflite> data.path=<folder|zip|csv> | split=<train|val|test>`: metrics JSON on stdout,
     nothing written. `split=val` compares finished models on the split that recipes are chosen on."""
-    from pipeline.artifacts import default_tracking_uri
     from pipeline.data import DataError, read_labelled
+    from pipeline.inference.contract import default_tracking_uri
     from pipeline.inference.registry import resolve
 
     options = dict(a.split("=", 1) for a in args if "=" in a)
@@ -217,7 +217,7 @@ def main() -> None:
     if labels != list(CLASSES):
         raise SystemExit(f"error: {artifacts.TFLITE_LABELS}: labels {labels} differ from the canonical {CLASSES}")
 
-    with tracking.stage_run("evaluate", params, upstream="quantize"):
+    with tracking.stage_run("evaluate", params):
         models, all_scores = score_exports(x_test, y_test, labels)
         variant = registered["variant"]
         best = models[variant]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import artifacts, cli, tracking
+from pipeline import artifacts, cli, record, tracking
 from pipeline.config import DataConfig, load_params
 from pipeline.data import DataError, read_source
 from pipeline.files import sha256_arrays
@@ -48,11 +48,11 @@ def main() -> None:
         print(f"[prepare] warning: {warning}")
     if report.skipped["count"]:
         print(f"[prepare] skipped {report.skipped['count']} unreadable file(s), listed in {artifacts.PREPARED_REPORT}")
-    with tracking.stage_run("prepare", params, upstream=None):
+    with tracking.stage_run("prepare", params):
         for name in artifacts.SPLITS:
             save_split(artifacts.split_path(name), *arrays[name])
         write_report(report)
-        tracking.log_prepared(report)
+        record.log_prepared(report)
 
 
 if __name__ == "__main__":

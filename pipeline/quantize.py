@@ -122,7 +122,7 @@ def main() -> None:
     (x_train, _), (x_test, _) = load_split("train"), load_split("test")
     report = read_report()
 
-    with tracking.stage_run("quantize", params, upstream="train") as run:
+    with tracking.stage_run("quantize", params) as run:
         model, flatbuffers = export(core, cfg, x_train)
         macs = count_macs(model)
         write_json(artifacts.TFLITE_LABELS, sidecar(report, cfg.views, macs))

@@ -13,21 +13,23 @@ Nothing here shapes a DVC output: it reads the stages' files and writes only to 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
 from pipeline import artifacts
+from pipeline.history import read_history
 from pipeline.inference.contract import Tag
 from pipeline.metrics import epoch_metrics, headline_table, numeric
-from pipeline.prepared import read_report
+from pipeline.prepared import PreparedReport, read_report
 
 NOTE = "mlflow.note.content"  # the run's description in `mlflow ui`
-PLOTS = {"train": [artifacts.TRAIN_CURVES], "benchmark": [artifacts.LATENCY_CHART],
-         "evaluate": [artifacts.CONFUSION_PNG, artifacts.SAMPLES_PNG]}
 
 
 def ui_base(tracking_uri: str) -> str:
@@ -52,17 +54,10 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-# The stage graph of dvc.yaml (a test holds the two together): whose outputs each stage reads
-UPSTREAM = {"prepare": (), "train": ("prepare",), "quantize": ("prepare", "train"),
-            "benchmark": ("prepare", "train", "quantize"), "evaluate": ("prepare", "train", "quantize")}
-SIBLINGS = {"benchmark": "evaluate", "evaluate": "benchmark"}  # both read quantize's outputs
-DETAILS = {"benchmark": artifacts.BENCHMARK_DETAILS, "evaluate": artifacts.EVALUATE_DETAILS}
-
-
 def _still_current(stage: str) -> bool:
     """A sibling's record belongs to this model only if it measured the version quantize registered."""
     registered = _read_json(artifacts.REGISTERED)
-    measured = _read_json(DETAILS[stage]).get("registered", {})
+    measured = _read_json(artifacts.STAGES[stage].details).get("registered", {})
     return bool(registered) and measured.get("version") == registered.get("version") \
         and measured.get("name") == registered.get("name")
 
@@ -73,21 +68,19 @@ def restore_skipped_stages(current: str) -> list[str]:
     Those are the stages upstream of `current` and a sibling that measured the same registered version;
     each keeps a link (`pipeline.restored.<stage>`) to the run that made its outputs.
     """
-    from pipeline import tracking
-
-    candidates = list(UPSTREAM[current]) + [s for s in [SIBLINGS.get(current)] if s and _still_current(s)]
+    candidates = [*artifacts.upstream(current), *(s for s in artifacts.siblings(current) if _still_current(s))]
     restored = []
     for stage in candidates:
         source = _read_json(artifacts.run_record(stage)).get("run_id")
         if not source:
             continue
         values: dict[str, float] = {}
-        for path in artifacts.STAGE_FILES[stage].get("metrics", []):
+        for path in artifacts.STAGES[stage].metrics:
             values |= numeric(_read_json(path))
         if stage == "prepare" and artifacts.PREPARED_REPORT.exists():
             report = read_report()
-            tracking.log_prepared(report)
-            values |= tracking.prepared_metrics(report)
+            log_prepared(report)
+            values |= prepared_metrics(report)
         if stage == "train":
             _restore_curves()
         if values:
@@ -100,10 +93,47 @@ def restore_skipped_stages(current: str) -> list[str]:
 
 
 def _restore_curves() -> None:
-    from pipeline.training import read_history
-
     for row in read_history(artifacts.TRAIN_HISTORY):
         mlflow.log_metrics(epoch_metrics(row), step=int(row["epoch"]))
+
+
+def log_input(dataset: Any, context: str, tags: dict[str, str], attempts: int = 4) -> None:
+    """`mlflow.log_input`, retried when a parallel run inserted the same dataset first.
+
+    The tracking store looks the dataset up and then inserts it; two experiments that start together
+    (`dvc queue start -j 2`) both find nothing and the slower insert fails on the store's unique key
+    (`IntegrityError`). The row exists by then, so the retry links it to this run.
+    """
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context, tags=tags)
+            return
+        except MlflowException as e:
+            message = str(e).lower()
+            if attempt == attempts - 1 or ("integrityerror" not in message and "unique" not in message):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def log_prepared(report: PreparedReport) -> None:
+    """Record the splits with MLflow dataset tracking (digest, source, size), so runs say what data they saw."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    for name in artifacts.SPLITS:
+        dataset = MetaDataset(source=LocalArtifactDatasetSource(str(artifacts.split_path(name))),
+                              name=f"{report.source}-{name}", digest=report.digests[name][:36])
+        log_input(dataset, context=name, tags={"rows": str(report.total(name)), "protocol": report.protocol,
+                                               "path": report.path})
+    mlflow.log_metrics(prepared_metrics(report))
+    mlflow.set_tag("data.protocol", report.protocol)  # the rule applied; the param may say `auto`
+    mlflow.log_dict(dataclasses.asdict(report), "prepare/report.json")
+
+
+def prepared_metrics(report: PreparedReport) -> dict[str, float]:
+    """Faces per split and how many were skipped: prepare's metrics (it has no metrics file of its own)."""
+    return {f"data/{name}_faces": report.total(name) for name in artifacts.SPLITS} | {
+        "data/skipped_files": int(report.skipped.get("count", 0))}
 
 
 def config_diff(flat: dict[str, str], defaults: dict[str, str]) -> str:
@@ -124,9 +154,9 @@ def run_note(run: mlflow.entities.Run) -> str:
              headline_table(run.data.metrics), "",
              "Config that differs from conf/'s defaults: "
              + (f"`{tags['pipeline.config_diff']}`" if tags.get("pipeline.config_diff") else "none (`dvc repro`)"),
-             "", "Stages: " + ", ".join(_stage_state(stage, tags, exp) for stage in artifacts.STAGE_FILES)]
+             "", "Stages: " + ", ".join(_stage_state(stage, tags, exp) for stage in artifacts.STAGES)]
     images = []
-    for stage, pngs in PLOTS.items():
+    for stage, pngs in ((name, s.plots) for name, s in artifacts.STAGES.items()):
         source = tags.get(f"pipeline.restored.{stage}", run_id)
         images += [f"![{png.stem}](get-artifact?path=plots/{png.name}&run_uuid={source})"
                    for png in pngs]

@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import TEACHERS_DIR, default_tracking_uri
+from pipeline.artifacts import TEACHERS_DIR
 from pipeline.files import write_json, write_text
 from pipeline.inference.classifier import ModelError, TFLiteClassifier, read_labels_file
-from pipeline.inference.contract import CLASSES, LABELS_FILE, MODEL_FILE, Tag, parse_model_uri
+from pipeline.inference.contract import CLASSES, LABELS_FILE, MODEL_FILE, Tag, default_tracking_uri, parse_model_uri
 from pipeline.inference.registry import RELEASE_DIR, download_registered, sha256_of
 from pipeline.record import fitted_on_val
 from pipeline.timing import machine_name

@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,17 +29,16 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from pipeline import artifacts, record
-from pipeline.artifacts import repo_root
 from pipeline.config import MlflowConfig, Params, logged_params, to_flat_dict
 from pipeline.files import write_json
+from pipeline.inference.contract import default_tracking_uri, repo_root
 from pipeline.inference.registry import redact, sqlite_store_problem
 from pipeline.metrics import epoch_metrics
-from pipeline.prepared import PreparedReport
 
 
 def tracking_uri(cfg: MlflowConfig) -> str:
     """`MLFLOW_TRACKING_URI`, else `mlflow.tracking_uri`, else the embedded store under the repo root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri or artifacts.default_tracking_uri()
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri or default_tracking_uri()
 
 
 def connect(cfg: MlflowConfig) -> str:
@@ -86,8 +84,7 @@ def check_sqlite_store(uri: str) -> None:
 
 def dvc_written_paths() -> list[str]:
     """Files DVC itself writes during a run: params.yaml (composition), dvc.lock, every declared output."""
-    return ["params.yaml", "dvc.lock"] + [str(path) for sections in artifacts.STAGE_FILES.values()
-                                          for paths in sections.values() for path in paths]
+    return ["params.yaml", "dvc.lock"] + [str(path) for stage in artifacts.STAGES for path in artifacts.writes(stage)]
 
 
 def git_state() -> dict[str, str]:
@@ -146,9 +143,10 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def _continuable_run(upstream: str | None, stage: str, digest: str) -> tuple[str | None, str | None]:
+def _continuable_run(stage: str, digest: str) -> tuple[str | None, str | None]:
     """(the upstream stage's run id if this stage belongs to the same execution, else None; the run of the
     same execution if that one was interrupted, so the new run can link to it, else None)."""
+    upstream = artifacts.continues(stage)
     if upstream is None:
         return None, None
     record = artifacts.run_record(upstream)
@@ -182,13 +180,13 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[StageRun]:
+def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
     """Log a stage into its execution's run; FAILED on error, KILLED on SIGINT/SIGTERM, never left RUNNING."""
     experiment_id = connect(params.mlflow)
     for run_id in mark_stale_runs(experiment_id):
         print(f"[{stage}] marked stale run {run_id} KILLED (its process is gone)")
     digest = params_digest(params)
-    run_id, interrupted = _continuable_run(upstream, stage, digest)
+    run_id, interrupted = _continuable_run(stage, digest)
     git = git_state()
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     tags = {"mlflow.source.git.commit": git["commit"], "git.dirty": git["dirty"],
@@ -271,48 +269,9 @@ def _mark_stage(stage: str, state: str) -> None:
         mlflow.set_tags({f"pipeline.stage.{stage}": state, "pipeline.status": f"{stage} {state}"})
 
 
-def log_input(dataset: Any, context: str, tags: dict[str, str], attempts: int = 4) -> None:
-    """`mlflow.log_input`, retried when a parallel run inserted the same dataset first.
-
-    The tracking store looks the dataset up and then inserts it; two experiments that start together
-    (`dvc queue start -j 2`) both find nothing and the slower insert fails on the store's unique key
-    (`IntegrityError`). The row exists by then, so the retry links it to this run.
-    """
-    for attempt in range(attempts):
-        try:
-            mlflow.log_input(dataset, context=context, tags=tags)
-            return
-        except MlflowException as e:
-            message = str(e).lower()
-            if attempt == attempts - 1 or ("integrityerror" not in message and "unique" not in message):
-                raise
-            time.sleep(0.2 * (attempt + 1))
-
-
 def log_step_metrics(logs: dict[str, float], step: int) -> None:
     """One epoch of the training curves, under the `epoch/` names of pipeline/metrics.py."""
     mlflow.log_metrics(epoch_metrics(logs), step=step)
-
-
-def log_prepared(report: PreparedReport) -> None:
-    """Record the splits with MLflow dataset tracking (digest, source, size), so runs say what data they saw."""
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.sources import LocalArtifactDatasetSource
-
-    for name in artifacts.SPLITS:
-        dataset = MetaDataset(source=LocalArtifactDatasetSource(str(artifacts.split_path(name))),
-                              name=f"{report.source}-{name}", digest=report.digests[name][:36])
-        log_input(dataset, context=name, tags={"rows": str(report.total(name)), "protocol": report.protocol,
-                                               "path": report.path})
-    mlflow.log_metrics(prepared_metrics(report))
-    mlflow.set_tag("data.protocol", report.protocol)  # the rule applied; the param may say `auto`
-    mlflow.log_dict(dataclasses.asdict(report), "prepare/report.json")
-
-
-def prepared_metrics(report: PreparedReport) -> dict[str, float]:
-    """Faces per split and how many were skipped: prepare's metrics (it has no metrics file of its own)."""
-    return {f"data/{name}_faces": report.total(name) for name in artifacts.SPLITS} | {
-        "data/skipped_files": int(report.skipped.get("count", 0))}
 
 
 # ---------------------------------------------------------------- registry

@@ -29,6 +29,7 @@ import tensorflow as tf
 from pipeline import artifacts, cli, plots, tracking
 from pipeline.config import Distribute, ModelConfig, Params, TrainConfig, load_params
 from pipeline.files import atomic_path, write_json
+from pipeline.history import read_history, write_history
 from pipeline.inference.contract import CLASSES
 from pipeline.models import build_model, count_macs, ensemble
 from pipeline.prepared import PreparedReport, load_split, read_report
@@ -47,11 +48,9 @@ from pipeline.training import (
     lr_schedule,
     make_dataset,
     onednn_enabled,
-    read_history,
     resolve_precision,
     sharpness_aware,
     worker_checkpoint,
-    write_history,
 )
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -302,7 +301,7 @@ def main() -> None:
     teachers = teacher_scores(distill.teachers, fitted, tracking.tracking_uri(params.mlflow)) if distill.teachers \
         else None
     try:
-        with tracking.stage_run("train", params, upstream="prepare"):
+        with tracking.stage_run("train", params):
             result = train_members(params.model, params.train, *splits, checkpoint, tracking.log_step_metrics,
                                    teachers)
             write_outputs(result)

@@ -9,7 +9,6 @@ rescaling + network.
 
 from __future__ import annotations
 
-import csv
 import signal
 import time
 from collections.abc import Callable
@@ -20,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import ClassWeight, ModelConfig, Optimizer, Schedule, TrainConfig
-from pipeline.files import atomic_path
 from pipeline.inference.contract import CLASSES
 from pipeline.models import build_model
 
@@ -381,19 +379,6 @@ class SignalsAtSafePoints(keras.callbacks.Callback):
     on_train_batch_end = on_test_batch_end = on_epoch_end = _stop_if_signalled
 
 
-def read_history(path: Path) -> list[dict[str, float]]:
-    """Per-epoch rows of the CSV log; after a resume the last row per epoch wins. Keras' CSVLogger writes
-    `NA` in the val columns it adds when there is no val set: those are left out, like empty cells."""
-    if not path.exists():
-        return []
-    rows: dict[int, dict[str, float]] = {}
-    with path.open() as fh:
-        for row in csv.DictReader(fh):
-            epoch = int(row.pop("epoch")) + 1
-            rows[epoch] = {"epoch": epoch, **{k: float(v) for k, v in row.items() if v not in ("", "NA", None)}}
-    return [rows[k] for k in sorted(rows)]
-
-
 def float32_copy(model: keras.Model, cfg: ModelConfig) -> keras.Model:
     """The same weights in a plain float32 model, as exported: mixed-precision training keeps float32 master
     weights, and a training-only class such as `SharpnessAware` must not reach the saved file."""
@@ -401,11 +386,3 @@ def float32_copy(model: keras.Model, cfg: ModelConfig) -> keras.Model:
     clone = build_model(cfg)
     clone.set_weights(model.get_weights())
     return clone
-
-
-def write_history(history: list[dict[str, float]], path: Path) -> None:
-    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_s", "train_s"]
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[k for k in keys if k in history[0]], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)

@@ -44,17 +44,27 @@ def test_top_level_charts_draw_only_declared_outputs() -> None:
         assert set(definition["y"]) <= outs  # plot data are plain outputs, drawn once, here
 
 
-def test_the_record_module_knows_the_stage_graph() -> None:
-    """A new run restores the records of the stages upstream of it: record.UPSTREAM must be dvc.yaml's graph."""
-    from pipeline import record
+def test_each_stage_reads_exactly_the_catalogs_files() -> None:
+    """The data deps of dvc.yaml (other stages' outputs) are the catalog's `reads`: the graph that decides
+    which run a stage continues and which records a new run restores is the one DVC executes."""
+    outs = set().union(*(declared(s, "outs") | declared(s, "metrics") | declared(s, "plots") for s in STAGES))
+    for stage in STAGES:
+        assert declared(stage, "deps") & outs == {str(p) for p in artifacts.STAGES[stage].reads}, stage
 
+
+def test_the_derived_graph_is_dvc_yamls() -> None:
     outs = {s: declared(s, "outs") | declared(s, "metrics") | declared(s, "plots") for s in STAGES}
     direct = {s: {u for u in STAGES if u != s and declared(s, "deps") & outs[u]} for s in STAGES}
 
     def closure(stage: str) -> set[str]:
         return set().union(*({u} | closure(u) for u in direct[stage])) if direct[stage] else set()
 
-    assert {s: set(u) for s, u in record.UPSTREAM.items()} == {s: closure(s) for s in STAGES}
+    assert {s: set(artifacts.upstream(s)) for s in STAGES} == {s: closure(s) for s in STAGES}
+    assert {s: artifacts.continues(s) for s in STAGES} == {
+        "prepare": None, "train": "prepare", "quantize": "train", "benchmark": "quantize", "evaluate": "quantize"}
+    assert artifacts.siblings("benchmark") == ("evaluate",) and artifacts.siblings("evaluate") == ("benchmark",)
+    for stage in artifacts.STAGES.values():
+        assert stage.details is None or stage.details in stage.outs
 
 
 def _module_file(name: str) -> Path | None:
@@ -123,3 +133,38 @@ def test_each_stage_reads_only_the_params_it_declares() -> None:
             assert (f"params.{section}" in source) == bool(declared), f"{name}: params.{section} read or declared"
             for key in declared:
                 assert f"params.{key}" in source, f"{name}: declares {key} but does not read params.{key}"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every module under pipeline/ and the project modules it imports (at any depth of the file)."""
+    graph = {}
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {m for m in _imports(path) if _module_file(m) is not None} - {name}
+    return graph
+
+
+def test_imports_run_one_way_no_cycle() -> None:
+    """A cycle means two modules that can only be understood together (tracking and record once were)."""
+    graph = _module_graph()
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph.get(module, ())):
+            if state.get(dep) == 1:
+                raise AssertionError(f"import cycle: {' -> '.join([*path[path.index(dep):], dep])}")
+            if dep in graph and not state.get(dep):
+                visit(dep, [*path, dep])
+        state[module] = 2
+
+    for module in graph:
+        if not state.get(module):
+            visit(module, [module])
+
+
+def test_the_runner_package_imports_nothing_of_the_pipeline_outside_it() -> None:
+    for module, deps in _module_graph().items():
+        if module.startswith("pipeline.inference"):
+            outside = {d for d in deps if not d.startswith("pipeline.inference") and d != "pipeline"}
+            assert not outside, f"{module} imports {sorted(outside)}"

@@ -10,9 +10,9 @@ import pytest
 
 from pipeline import artifacts, record, tracking
 from pipeline.files import write_json
+from pipeline.history import write_history
 from pipeline.inference.contract import Tag
 from pipeline.metrics import HEADLINE, epoch_metrics, exp_show_args
-from pipeline.training import write_history
 
 # `store` and `params` (a real SQLite store, a temporary project root) are tests/conftest.py's
 
@@ -38,7 +38,7 @@ def _earlier_execution(registered_version: str) -> str:
 def test_a_run_of_evaluate_alone_carries_the_whole_chains_record(params, benchmark_measured: str,
                                                                  expect_latency: bool) -> None:
     source = _earlier_execution(benchmark_measured)
-    with tracking.stage_run("evaluate", params, upstream="quantize") as stage:
+    with tracking.stage_run("evaluate", params) as stage:
         assert not stage.continued  # the quantize record names a run this test's store does not hold
         mlflow.log_metrics({"test/accuracy": 0.61})  # what evaluate itself logs wins over the restored value
     client = mlflow.MlflowClient()
@@ -58,7 +58,7 @@ def test_a_run_of_evaluate_alone_carries_the_whole_chains_record(params, benchma
 
 
 def test_the_note_shows_the_headline_values_and_the_config_that_differs(params) -> None:
-    with tracking.stage_run("prepare", params, upstream=None) as stage:
+    with tracking.stage_run("prepare", params) as stage:
         mlflow.log_metrics({"test/accuracy": 0.6604, "latency/ms_per_face": 7.731})
     note = mlflow.MlflowClient().get_run(stage.run_id).data.tags[record.NOTE]
     assert "| test accuracy (registered variant, all views) | 66.04% |" in note

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline import tracking
+from pipeline import record, tracking
 from pipeline.config import compose, parse_params
 
 # `store` and `params` (a real SQLite store, a temporary project root): tests/conftest.py
@@ -28,9 +28,9 @@ def test_uri_defaults_to_sqlite_under_the_repo_root(monkeypatch: pytest.MonkeyPa
 
 
 def test_stages_of_one_execution_share_a_run(params) -> None:
-    with tracking.stage_run("prepare", params, upstream=None) as first:
+    with tracking.stage_run("prepare", params) as first:
         assert not first.continued
-    with tracking.stage_run("train", params, upstream="prepare") as second:
+    with tracking.stage_run("train", params) as second:
         assert second.continued
     assert second.run_id == first.run_id
     run = mlflow.MlflowClient().get_run(first.run_id)
@@ -45,7 +45,7 @@ def test_stages_of_one_execution_share_a_run(params) -> None:
 def test_a_run_is_tagged_with_the_preset_whose_recipe_it_has(params) -> None:
     tags = {}
     for name, overrides in {"preset": ["experiment=tiny"], "changed": ["experiment=tiny", "train.lr=0.0123"]}.items():
-        with tracking.stage_run("prepare", parse_params(compose(overrides)), upstream=None) as run:
+        with tracking.stage_run("prepare", parse_params(compose(overrides))) as run:
             pass
         tags[name] = mlflow.MlflowClient().get_run(run.run_id).data.tags
     assert tags["preset"]["pipeline.preset"] == "tiny"  # to filter runs by in the UI
@@ -54,50 +54,50 @@ def test_a_run_is_tagged_with_the_preset_whose_recipe_it_has(params) -> None:
 
 
 def test_a_stage_already_in_the_run_starts_a_new_execution(params) -> None:
-    with tracking.stage_run("prepare", params, upstream=None):
+    with tracking.stage_run("prepare", params):
         pass
-    with tracking.stage_run("train", params, upstream="prepare") as a:
+    with tracking.stage_run("train", params) as a:
         pass
-    with tracking.stage_run("train", params, upstream="prepare") as b:  # e.g. `dvc exp run -S train.lr=..`
+    with tracking.stage_run("train", params) as b:  # e.g. `dvc exp run -S train.lr=..`
         assert not b.continued
     assert a.run_id != b.run_id
 
 
 def test_other_params_start_a_new_run(params) -> None:
-    with tracking.stage_run("prepare", params, upstream=None) as a:
+    with tracking.stage_run("prepare", params) as a:
         pass
     params.train.lr = params.train.lr / 2
-    with tracking.stage_run("train", params, upstream="prepare") as b:
+    with tracking.stage_run("train", params) as b:
         pass
     assert a.run_id != b.run_id
 
 
 def test_failure_marks_the_run_failed_and_writes_no_record(params) -> None:
-    with pytest.raises(RuntimeError), tracking.stage_run("prepare", params, upstream=None) as run:
+    with pytest.raises(RuntimeError), tracking.stage_run("prepare", params) as run:
         raise RuntimeError("boom")
     assert mlflow.MlflowClient().get_run(run.run_id).info.status == "FAILED"
     assert not Path("runs/prepare.json").exists()
 
 
 def test_interrupt_marks_the_run_killed(params) -> None:
-    with pytest.raises(KeyboardInterrupt), tracking.stage_run("prepare", params, upstream=None) as run:
+    with pytest.raises(KeyboardInterrupt), tracking.stage_run("prepare", params) as run:
         raise KeyboardInterrupt
     assert mlflow.MlflowClient().get_run(run.run_id).info.status == "KILLED"
     # and a killed run is never continued
-    with tracking.stage_run("train", params, upstream="prepare") as nxt:
+    with tracking.stage_run("train", params) as nxt:
         assert not nxt.continued
 
 
 def test_a_stage_resumed_after_its_execution_died_links_to_the_dead_run(params) -> None:
-    with tracking.stage_run("prepare", params, upstream=None) as prepared:
+    with tracking.stage_run("prepare", params) as prepared:
         pass
     mlflow.MlflowClient().set_terminated(prepared.run_id, "KILLED")  # train was SIGKILLed in this run
-    with tracking.stage_run("train", params, upstream="prepare") as resumed:
+    with tracking.stage_run("train", params) as resumed:
         assert not resumed.continued
     tags = mlflow.MlflowClient().get_run(resumed.run_id).data.tags
     assert tags["pipeline.resumes_run"] == prepared.run_id
     # an unrelated new execution carries no link
-    with tracking.stage_run("prepare", params, upstream=None) as fresh:
+    with tracking.stage_run("prepare", params) as fresh:
         pass
     assert "pipeline.resumes_run" not in mlflow.MlflowClient().get_run(fresh.run_id).data.tags
 
@@ -157,8 +157,8 @@ def test_dataset_logging_survives_a_parallel_run_inserting_it_first(params, monk
         return real(*args, **kwargs)
 
     monkeypatch.setattr(mlflow, "log_input", racing)
-    with tracking.stage_run("prepare", params, upstream=None) as run:
-        tracking.log_input(_dataset("synthetic-train"), context="train", tags={"rows": "5"})
+    with tracking.stage_run("prepare", params) as run:
+        record.log_input(_dataset("synthetic-train"), context="train", tags={"rows": "5"})
     assert calls == ["train", "train"]
     inputs = mlflow.MlflowClient().get_run(run.run_id).inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == ["synthetic-train"]
@@ -173,5 +173,5 @@ def test_dataset_logging_does_not_retry_other_errors(params, monkeypatch: pytest
 
     monkeypatch.setattr(mlflow, "log_input", failing)
     with pytest.raises(mlflow.exceptions.MlflowException, match="run gone"):
-        tracking.log_input(_dataset("synthetic-val"), context="val", tags={})
+        record.log_input(_dataset("synthetic-val"), context="val", tags={})
     assert calls == [1]

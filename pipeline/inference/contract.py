@@ -9,8 +9,10 @@ hand the alias to anything). Standard library only: every other module may impor
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 # Canonical class order of every array, model output, labels file and report (alphabetical).
 CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -100,3 +102,14 @@ def parse_model_uri(uri: str) -> ModelRef:
     if not slash or not name or not version.isdigit():
         raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
     return ModelRef(name, version=version)
+
+
+def repo_root() -> Path:
+    """The real repository, also from inside a queued experiment's temporary copy (DVC sets DVC_ROOT)."""
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
+def default_tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, else the embedded store `sqlite:///<repo root>/mlflow.db` (artifacts beside it):
+    where the stages log and, by the same rule, where the runner looks for a champion."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"

@@ -26,8 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 from omegaconf import OmegaConf
 
-from pipeline.config import ConfigError, bounded, required, validate_section
-from pipeline.inference.contract import OPENCV_MISSING
+from pipeline.inference.contract import OPENCV_MISSING, default_tracking_uri
 
 try:
     import cv2
@@ -37,8 +36,9 @@ from pipeline.inference.classifier import ModelError
 from pipeline.inference.detectors import Face
 from pipeline.inference.media import CaptureSource, ImageSource, RunError, open_source
 from pipeline.inference.outputs import OutputFailed, Outputs, Stats
-from pipeline.inference.recognizer import ExpressionRecognizer, default_tracking_uri
+from pipeline.inference.recognizer import ExpressionRecognizer
 from pipeline.inference.registry import redact
+from pipeline.inference.schema import ConfigError, bounded, required, validate_section
 
 CONF_DIR = Path(__file__).parent / "conf"
 WINDOW = "fer-realtime"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.inference.classifier import TFLiteClassifier
-from pipeline.inference.contract import FRAMING_MARGIN, IMAGE_SIZE, OPENCV_MISSING
+from pipeline.inference.contract import FRAMING_MARGIN, IMAGE_SIZE, OPENCV_MISSING, default_tracking_uri
 
 try:
     import cv2
@@ -39,12 +39,6 @@ class FacePrediction:
     score: float
     probs: dict[str, float]
     face_score: float  # the detector's confidence
-
-
-def default_tracking_uri() -> str:
-    from pipeline.artifacts import default_tracking_uri as pipeline_default
-
-    return pipeline_default()
 
 
 def as_bgr(image: str | Path | np.ndarray, channels: str = "bgr") -> np.ndarray:
