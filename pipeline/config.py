@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.inference.contract import Family
+from pipeline.inference.detector_config import DETECTORS
 from pipeline.inference.schema import ConfigError, bounded, required, validate_section
 
 PARAMS_FILE = Path("params.yaml")
@@ -304,9 +305,7 @@ class QuantizeConfig:
         return None
 
 
-class Detector(StrEnum):
-    blazeface = "blazeface"
-    haar = "haar"
+Detector = StrEnum("Detector", {name: name for name in DETECTORS})  # the runner's registry of detectors
 
 
 @dataclass

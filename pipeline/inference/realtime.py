@@ -33,6 +33,7 @@ try:
 except ImportError:  # neither OpenCV extra installed: one line, not a traceback
     raise SystemExit(f"error: {OPENCV_MISSING}") from None
 from pipeline.inference.classifier import ModelError
+from pipeline.inference.detector_config import DETECTORS
 from pipeline.inference.detectors import Face
 from pipeline.inference.media import CaptureSource, ImageSource, RunError, open_source
 from pipeline.inference.outputs import OutputFailed, Outputs, Stats
@@ -52,25 +53,6 @@ class OutputConfig:
     json: str | None = required()
     csv: str | None = required()
     parquet: str | None = required()
-
-
-@dataclass
-class BlazeFaceConfig:
-    name: str = required()
-    score_threshold: float = bounded(gt=0.0, lt=1.0)
-    iou_threshold: float = bounded(gt=0.0, lt=1.0)
-    threads: int = bounded(ge=1)
-
-
-@dataclass
-class HaarConfig:
-    name: str = required()
-    scale_factor: float = bounded(gt=1.0)
-    min_neighbors: int = bounded(ge=0)
-    min_size: int = bounded(ge=1)
-
-
-DETECTOR_SCHEMAS: dict[str, type] = {"blazeface": BlazeFaceConfig, "haar": HaarConfig}
 
 
 @dataclass
@@ -119,16 +101,14 @@ def load_config(overrides: list[str]) -> RealtimeConfig:
     detector = raw.pop("detector", None) or OmegaConf.create({})
     cfg = validate_section(raw, "", RealtimeConfig)
     name = detector.get("name")
-    if name not in DETECTOR_SCHEMAS:
-        raise ConfigError(f"detector.name = {name!r}: must be one of {', '.join(DETECTOR_SCHEMAS)}")
-    cfg.detector = validate_section(detector, "detector", DETECTOR_SCHEMAS[name])
+    if name not in DETECTORS:
+        raise ConfigError(f"detector.name = {name!r}: must be one of {', '.join(DETECTORS)}")
+    cfg.detector = validate_section(detector, "detector", DETECTORS[name])
     return cfg
 
 
 def make_recognizer(cfg: RealtimeConfig) -> ExpressionRecognizer:
     options = {k: v for k, v in dataclasses.asdict(cfg.detector).items() if k != "name"}
-    if "threads" in options:
-        options["num_threads"] = options.pop("threads")
     try:
         return ExpressionRecognizer(cfg.model, detector=cfg.detector.name, threads=cfg.threads, margin=cfg.margin,
                                     min_face=cfg.min_face, tracking_uri=cfg.tracking_uri or default_tracking_uri(),
@@ -318,8 +298,12 @@ def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
 
 def usage() -> str:
     doc = (__doc__ or "").split("\n\n")
-    return f"usage:\n{doc[1]}\n\nkeys (override any as key=value; {CONF_DIR / 'config.yaml'}):\n\n" + (
-        (CONF_DIR / "config.yaml").read_text())
+    detectors = "\n".join(f"  {name}: {(schema.__doc__ or '').strip()} keys: "
+                           f"{', '.join(f.name for f in dataclasses.fields(schema) if f.name != 'name')}"
+                           for name, schema in DETECTORS.items())
+    return (f"usage:\n{doc[1]}\n\nkeys (override any as key=value; {CONF_DIR / 'config.yaml'}):\n\n"
+            f"{(CONF_DIR / 'config.yaml').read_text()}\ndetectors (detector=<name>, then detector.<key>=...):\n"
+            f"{detectors}")
 
 
 def main(argv: list[str] | None = None) -> None:

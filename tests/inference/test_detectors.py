@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import cv2
@@ -194,3 +195,49 @@ def test_haar_without_cascades_explains_the_way_out(monkeypatch) -> None:
     with pytest.raises(RuntimeError, match=r"opencv-python-headless<5.*blazeface") as info:
         make_detector("haar")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("centre", [(90, 80), (320, 240), (560, 420), (330, 60)])
+def test_a_face_too_small_for_the_frame_pass_is_found_in_the_tiles(photo, centre) -> None:
+    """At 50 px in a 640x480 frame the face is 10 px in the model's 128 px input: the frame pass misses it,
+    the tiles (twice the scale) find it, wherever it sits, tile edges included (centre 330: two tiles)."""
+    frame, _, _ = place(photo, 50, centre)
+    assert BlazeFaceDetector(tiles=False).detect(frame) == []
+    faces = BlazeFaceDetector(tiles=True).detect(frame)
+    best = max(faces, key=lambda f: f.score)  # the photo's suit and flag can add a weaker box or two
+    assert contains(best, centre) and best.score > 0.8 and 30 < best.w < 80, faces
+
+
+def test_no_face_anywhere_stays_no_face_after_the_tiles() -> None:
+    rng = np.random.default_rng(0)
+    noise = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+    assert BlazeFaceDetector(tiles=True).detect(noise) == []
+    assert BlazeFaceDetector(tiles=True).detect(np.zeros((100, 120, 3), np.uint8)) == []  # too small to tile
+
+
+@pytest.mark.parametrize(("height", "width"), [(480, 640), (720, 1280), (1080, 1920), (640, 480), (300, 300)])
+def test_the_tiles_cover_the_frame_and_overlap_by_half(height: int, width: int) -> None:
+    from pipeline.inference.detectors import tile_origins
+
+    side = max(height, width) // 2
+    if min(height, width) < side:
+        return  # such frames are not tiled (see BlazeFaceDetector._tiled_candidates)
+    origins = tile_origins(height, width, side)
+    covered = np.zeros((height, width), bool)
+    for x, y in origins:
+        assert 0 <= x <= width - side and 0 <= y <= height - side
+        covered[y:y + side, x:x + side] = True
+    assert covered.all()
+    xs = sorted({x for x, _ in origins})
+    assert all(b - a <= side / 2 for a, b in itertools.pairwise(xs))
+
+
+def test_one_registry_names_the_detectors_for_config_factory_and_help() -> None:
+    from pipeline.config import Detector
+    from pipeline.inference.detector_config import DETECTORS
+    from pipeline.inference.realtime import usage
+
+    assert [d.value for d in Detector] == list(DETECTORS)
+    assert all(f"  {name}: " in usage() for name in DETECTORS)
+    assert isinstance(make_detector("blazeface", score_threshold=0.5, iou_threshold=0.3, threads=1, tiles=False),
+                      BlazeFaceDetector)
