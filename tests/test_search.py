@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import search
 from pipeline.config import CONF_DIR, ConfigError
+from pipeline.search import loop
 
 from .conftest import Server, make_project_copy, project_env, run
 
@@ -164,8 +165,8 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path: Path, monke
     subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
                     "--allow-empty", "-m", "x"], check=True)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(search, "ParentRun", FakeParent)
-    monkeypatch.setattr(search, "run_trial", fake_trial)
+    monkeypatch.setattr(loop, "ParentRun", FakeParent)  # where the loop looks them up
+    monkeypatch.setattr(loop, "run_trial", fake_trial)
     study = search.run_search(search.load_search("tiny"))
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     assert study.trials[0].user_attrs["error"].endswith("train.lr = 9.0: too big")
