@@ -174,6 +174,22 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path: Path, monke
     assert (tmp_path / "searches" / "optuna.journal").is_file()
 
 
+def test_a_run_record_that_is_not_an_object_reads_as_no_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """runs/evaluate.json edited into a list or cut short: the trial has no MLflow run (a list was a TypeError)."""
+    from pipeline.files import read_run_record
+    from pipeline.search import trial
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError):
+        read_run_record("evaluate")
+    (tmp_path / "runs").mkdir()
+    for text in ("[]", '"run"', '{"run_id": '):
+        (tmp_path / "runs" / "evaluate.json").write_text(text)
+        with pytest.raises(ValueError):
+            read_run_record("evaluate")
+        assert trial._new_run(0) is None
+
+
 # ---------------------------------------------------------------- a real study
 def search_run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> str:
     """Run a search with its output in `log` (streamed: a timeout still shows how far it got)."""

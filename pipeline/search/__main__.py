@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any
 
 from pipeline import cli, search
 from pipeline.search.loop import run_search
@@ -21,7 +20,7 @@ def parse_args(argv: list[str]) -> tuple[str, list[str]]:
 def main() -> None:
     preset, overrides = parse_args(sys.argv[1:])
     cfg = load_search(preset, overrides)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, cli.raise_interrupt)
     try:
         run_search(cfg)
     except KeyboardInterrupt:
@@ -30,10 +29,6 @@ def main() -> None:
         raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

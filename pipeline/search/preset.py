@@ -15,6 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline import artifacts
 from pipeline.config import CONF_DIR, ConfigError, compose, validate_section
+from pipeline.inference.errors import first_line
 
 GROUP = "search"  # conf/search/: never in conf/config.yaml's defaults, so never in params.yaml
 
@@ -91,7 +92,3 @@ def load_search(preset: str = "default", overrides: list[str] | None = None,
         raise SearchError(f"error: {where}: {e}") from None
     except Exception as e:  # Hydra's override and composition errors: their first line
         raise SearchError(f"error: {where}: {first_line(e)}") from None
-
-
-def first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

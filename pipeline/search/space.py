@@ -16,7 +16,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from pipeline import artifacts
 from pipeline.config import CONF_DIR, ConfigError, Params, compose, override_value, parse_params
-from pipeline.search.preset import GROUP, ParamType, SearchConfig, SpaceParam, first_line
+from pipeline.inference.errors import first_line
+from pipeline.search.preset import GROUP, ParamType, SearchConfig, SpaceParam
 
 
 def base_config(cfg: SearchConfig, conf_dir: Path = CONF_DIR) -> tuple[DictConfig, Params]:

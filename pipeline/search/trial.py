@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import artifacts, cli
-from pipeline.search.preset import SearchConfig, SearchError, first_line
+from pipeline import cli
+from pipeline.files import read_run_record
+from pipeline.inference.errors import first_line
+from pipeline.search.preset import SearchConfig, SearchError
 from pipeline.search.space import trial_overrides
 
 PARENT_ENV = "PIPELINE_SEARCH_PARENT_RUN_ID"  # the study's MLflow run, for a trial's stages to nest under
@@ -122,7 +124,7 @@ def _new_run(started_ms: int) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        run_id = json.loads(artifacts.run_record("evaluate").read_text())["run_id"]
+        run_id = read_run_record("evaluate")["run_id"]
         run = mlflow.MlflowClient().get_run(run_id)
     except (OSError, KeyError, ValueError, MlflowException):
         return None
