@@ -31,8 +31,10 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import artifacts, record
 from pipeline.artifacts import repo_root
+from pipeline.cli import raise_interrupt
 from pipeline.config import MlflowConfig, Params, logged_params, to_flat_dict
-from pipeline.files import write_json
+from pipeline.files import read_run_record, write_json
+from pipeline.inference.errors import first_line
 from pipeline.inference.registry import redact, sqlite_store_problem
 from pipeline.metrics import epoch_metrics
 from pipeline.prepared import PreparedReport
@@ -70,7 +72,7 @@ def connect(cfg: MlflowConfig) -> str:
         except MlflowException:  # created meanwhile by a parallel experiment
             return client.get_experiment_by_name(cfg.experiment_name).experiment_id
     except Exception as e:
-        reason = redact((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
+        reason = redact(first_line(e))[:200]
         if uri.startswith("sqlite:"):
             raise SystemExit(f"error: {uri}: not a usable MLflow store ({reason}); it is never replaced: move it "
                              "aside to start a new one, or restore it from a backup") from None
@@ -151,9 +153,8 @@ def _continuable_run(upstream: str | None, stage: str, digest: str) -> tuple[str
     same execution if that one was interrupted, so the new run can link to it, else None)."""
     if upstream is None:
         return None, None
-    record = artifacts.run_record(upstream)
     try:
-        run_id = json.loads(record.read_text())["run_id"]
+        run_id = read_run_record(upstream)["run_id"]
         run = mlflow.MlflowClient().get_run(run_id)
     except (OSError, KeyError, ValueError, MlflowException):
         return None, None
@@ -177,10 +178,6 @@ def _end_run_quietly(status: int) -> None:
         mlflow.end_run(RunStatus.to_string(status))
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[StageRun]:
     """Log a stage into its execution's run; FAILED on error, KILLED on SIGINT/SIGTERM, never left RUNNING."""
@@ -202,7 +199,7 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
         tags["mlflow.parentRunId"] = parent  # nests the trial's run under its study's run
     data_md5 = data_dependency_md5(params.data.path) if stage != "prepare" else None  # prepare's lock entry
     # is written by DVC after prepare ends, so the first later stage records it
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
                            run_name=None if run_id else exp_name or f"repro-{git['commit'][:7]}",
                            tags=None if run_id else tags | config_tags(params))
