@@ -148,6 +148,11 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def process_tags() -> dict[str, str]:
+    """The tags by which `mark_stale_runs` finds a run whose process is gone (SIGKILL): a stage's or a search's."""
+    return {"pipeline.pid": str(os.getpid()), "pipeline.host": socket.gethostname()}
+
+
 def _continuable_run(upstream: str | None, stage: str, digest: str) -> tuple[str | None, str | None]:
     """(the upstream stage's run id if this stage belongs to the same execution, else None; the run of the
     same execution if that one was interrupted, so the new run can link to it, else None)."""
@@ -204,8 +209,7 @@ def stage_run(stage: str, params: Params, upstream: str | None) -> Iterator[Stag
                            run_name=None if run_id else exp_name or f"repro-{git['commit'][:7]}",
                            tags=None if run_id else tags | config_tags(params))
     try:
-        mlflow.set_tags({"pipeline.pid": str(os.getpid()), "pipeline.host": socket.gethostname(),
-                         f"pipeline.stage.{stage}": "running", "pipeline.status": f"{stage} running"}
+        mlflow.set_tags(process_tags() | {f"pipeline.stage.{stage}": "running", "pipeline.status": f"{stage} running"}
                         | ({"dvc.data_md5": data_md5} if data_md5 else {}))
         if run_id is None:
             mlflow.log_params(logged_params(params))

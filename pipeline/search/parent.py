@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import socket
 import time
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from pipeline import tracking
 from pipeline.config import Params
 from pipeline.search.preset import SearchConfig
 from pipeline.search.study import best_trial, finished, summary_markdown
@@ -22,8 +21,6 @@ class ParentRun:
 
     def __init__(self, params: Params, study: optuna.Study, cfg: SearchConfig) -> None:
         import mlflow
-
-        from pipeline import tracking
 
         self.experiment_id = tracking.connect(params.mlflow)
         self.uri = tracking.tracking_uri(params.mlflow)
@@ -43,20 +40,16 @@ class ParentRun:
         except MlflowException:
             return None
         self.client.update_run(run_id, status="RUNNING")
-        for key, value in self._process_tags().items():  # else a stage would take it for a dead search's run
+        for key, value in tracking.process_tags().items():  # else a stage would take it for a dead search's run
             self.client.set_tag(run_id, key, value)
         return run_id
-
-    @staticmethod
-    def _process_tags() -> dict[str, str]:
-        """The tags by which tracking.mark_stale_runs finds a run whose process is gone (SIGKILL): KILLED."""
-        return {"pipeline.pid": str(os.getpid()), "pipeline.host": socket.gethostname()}
 
     def _create(self, study: optuna.Study) -> str:
         from mlflow.entities import Param
 
         cfg = self.cfg
-        tags = {"pipeline.search.study": cfg.study_name, "pipeline.search.storage": cfg.storage} | self._process_tags()
+        tags = {"pipeline.search.study": cfg.study_name, "pipeline.search.storage": cfg.storage}
+        tags |= tracking.process_tags()  # a search killed meanwhile: the next stage marks its run KILLED
         run = self.client.create_run(self.experiment_id, run_name=f"search-{cfg.study_name}", tags=tags)
         space = {f"search.space.{k}": json.dumps(dataclasses.asdict(v), default=str)[:500]
                  for k, v in cfg.space.items()}
