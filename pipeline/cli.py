@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
 def run(main: Callable[[], None], doc: str | None, stage: str) -> None:
@@ -21,6 +22,12 @@ def run(main: Callable[[], None], doc: str | None, stage: str) -> None:
     except KeyboardInterrupt:
         print(f"[{stage}] interrupted: nothing half-written was kept; `dvc repro` runs it again", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """A SIGTERM handler: `kill` (or a CI timeout) then ends a stage or a search like Ctrl-C does, so the same
+    cleanup runs (the MLflow run marked KILLED, the running trial marked failed) instead of none."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def stop_group(process: subprocess.Popen, sig: signal.Signals, timeout: float) -> None:

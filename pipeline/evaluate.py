@@ -206,7 +206,7 @@ def main() -> None:
         return
     from pipeline import tracking
     from pipeline.config import load_params
-    from pipeline.files import write_json
+    from pipeline.files import read_run_record, write_json
     from pipeline.prepared import read_report
 
     params = load_params()
@@ -247,7 +247,7 @@ def main() -> None:
         write_json(artifacts.EVALUATE_DETAILS, details)
         write_json(artifacts.EVALUATE_METRICS, metrics)
         log(metrics, details, registered)
-    experiment_id = json.loads(artifacts.run_record("evaluate").read_text())["experiment_id"]
+    experiment_id = read_run_record("evaluate")["experiment_id"]
     print(f"[evaluate] {tracking.links(params.mlflow, experiment_id, registered['name'])}")
 
 

@@ -3,6 +3,7 @@
 Every stage output goes through `atomic_path`: the data lands in a temporary sibling (same directory, so
 the final `os.replace` is an atomic rename on the same filesystem) and only a complete file takes the
 real name. An interrupted stage leaves at most a `.tmp-*` file, which the next run overwrites.
+`read_run_record` reads back `runs/<stage>.json`, the record tracking, the search and evaluate share.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline import artifacts
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -47,6 +50,18 @@ def write_json(path: str | Path, payload: Any) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_run_record(stage: str) -> dict[str, Any]:
+    """`runs/<stage>.json`: the MLflow run `stage` logged into (`run_id`, `experiment_id`, `tracking_uri`).
+
+    OSError when there is none, ValueError when it is not a JSON object (an edited or truncated file): callers
+    take either, and a missing key (KeyError), as "no run recorded" rather than crash on the type.
+    """
+    record = json.loads(artifacts.run_record(stage).read_text())
+    if not isinstance(record, dict):
+        raise ValueError(f"{artifacts.run_record(stage)}: not a JSON object")
+    return record
 
 
 def sha256_arrays(*arrays: np.ndarray) -> str:

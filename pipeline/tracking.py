@@ -29,9 +29,11 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from pipeline import artifacts, record
+from pipeline.cli import raise_interrupt
 from pipeline.config import MlflowConfig, Params, logged_params, to_flat_dict
-from pipeline.files import write_json
+from pipeline.files import read_run_record, write_json
 from pipeline.inference.contract import default_tracking_uri, repo_root
+from pipeline.inference.errors import first_line
 from pipeline.inference.registry import redact, sqlite_store_problem
 from pipeline.metrics import epoch_metrics
 
@@ -68,7 +70,7 @@ def connect(cfg: MlflowConfig) -> str:
         except MlflowException:  # created meanwhile by a parallel experiment
             return client.get_experiment_by_name(cfg.experiment_name).experiment_id
     except Exception as e:
-        reason = redact((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
+        reason = redact(first_line(e))[:200]
         if uri.startswith("sqlite:"):
             raise SystemExit(f"error: {uri}: not a usable MLflow store ({reason}); it is never replaced: move it "
                              "aside to start a new one, or restore it from a backup") from None
@@ -143,15 +145,19 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def process_tags() -> dict[str, str]:
+    """The tags by which `mark_stale_runs` finds a run whose process is gone (SIGKILL): a stage's or a search's."""
+    return {"pipeline.pid": str(os.getpid()), "pipeline.host": socket.gethostname()}
+
+
 def _continuable_run(stage: str, digest: str) -> tuple[str | None, str | None]:
     """(the upstream stage's run id if this stage belongs to the same execution, else None; the run of the
     same execution if that one was interrupted, so the new run can link to it, else None)."""
     upstream = artifacts.continues(stage)
     if upstream is None:
         return None, None
-    record = artifacts.run_record(upstream)
     try:
-        run_id = json.loads(record.read_text())["run_id"]
+        run_id = read_run_record(upstream)["run_id"]
         run = mlflow.MlflowClient().get_run(run_id)
     except (OSError, KeyError, ValueError, MlflowException):
         return None, None
@@ -175,10 +181,6 @@ def _end_run_quietly(status: int) -> None:
         mlflow.end_run(RunStatus.to_string(status))
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
     """Log a stage into its execution's run; FAILED on error, KILLED on SIGINT/SIGTERM, never left RUNNING."""
@@ -200,13 +202,12 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
         tags["mlflow.parentRunId"] = parent  # nests the trial's run under its study's run
     data_md5 = data_dependency_md5(params.data.path) if stage != "prepare" else None  # prepare's lock entry
     # is written by DVC after prepare ends, so the first later stage records it
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
                            run_name=None if run_id else exp_name or f"repro-{git['commit'][:7]}",
                            tags=None if run_id else tags | config_tags(params))
     try:
-        mlflow.set_tags({"pipeline.pid": str(os.getpid()), "pipeline.host": socket.gethostname(),
-                         f"pipeline.stage.{stage}": "running", "pipeline.status": f"{stage} running"}
+        mlflow.set_tags(process_tags() | {f"pipeline.stage.{stage}": "running", "pipeline.status": f"{stage} running"}
                         | ({"dvc.data_md5": data_md5} if data_md5 else {}))
         if run_id is None:
             mlflow.log_params(logged_params(params))

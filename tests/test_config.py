@@ -20,7 +20,7 @@ from pipeline.config import (
     to_flat_dict,
 )
 
-# `experiment` holds presets; `search` is composed apart from params.yaml (pipeline/search.py)
+# `experiment` holds presets; `search` is composed apart from params.yaml (pipeline/search/)
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("experiment", "search"))
 
 

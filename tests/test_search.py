@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import search
 from pipeline.config import CONF_DIR, ConfigError
+from pipeline.search import loop
 
 from .conftest import Server, make_project_copy, project_env, run
 
@@ -164,13 +165,29 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path: Path, monke
     subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
                     "--allow-empty", "-m", "x"], check=True)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(search, "ParentRun", FakeParent)
-    monkeypatch.setattr(search, "run_trial", fake_trial)
+    monkeypatch.setattr(loop, "ParentRun", FakeParent)  # where the loop looks them up
+    monkeypatch.setattr(loop, "run_trial", fake_trial)
     study = search.run_search(search.load_search("tiny"))
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     assert study.trials[0].user_attrs["error"].endswith("train.lr = 9.0: too big")
     assert logged == [(0, "FAIL"), (1, "COMPLETE"), (-1, "FINISHED")]
     assert (tmp_path / "searches" / "optuna.journal").is_file()
+
+
+def test_a_run_record_that_is_not_an_object_reads_as_no_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """runs/evaluate.json edited into a list or cut short: the trial has no MLflow run (a list was a TypeError)."""
+    from pipeline.files import read_run_record
+    from pipeline.search import trial
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError):
+        read_run_record("evaluate")
+    (tmp_path / "runs").mkdir()
+    for text in ("[]", '"run"', '{"run_id": '):
+        (tmp_path / "runs" / "evaluate.json").write_text(text)
+        with pytest.raises(ValueError):
+            read_run_record("evaluate")
+        assert trial._new_run(0) is None
 
 
 # ---------------------------------------------------------------- a real study
