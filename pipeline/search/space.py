@@ -141,9 +141,9 @@ def check_space(cfg: SearchConfig, conf_dir: Path = CONF_DIR) -> dict[str, BaseD
     """
     if not cfg.space:
         raise ConfigError(f"{GROUP}.space: empty: name at least one key to search")
-    if cfg.objective_file not in _metrics_files():
+    if cfg.objective_file not in artifacts.metrics_files():
         raise ConfigError(f"{GROUP}.metrics_file = {cfg.metrics_file}: must be one of the stages' metrics files "
-                          f"({', '.join(map(str, _metrics_files()))})")
+                          f"({', '.join(map(str, artifacts.metrics_files()))})")
     base, params = base_config(cfg, conf_dir)
     if cfg.metric.startswith("val/") and params.train.include_val:
         raise ConfigError(f"{GROUP}.metric = {cfg.metric}: the trials fit on train + val (train.include_val = true) "
@@ -163,10 +163,6 @@ def check_space(cfg: SearchConfig, conf_dir: Path = CONF_DIR) -> dict[str, BaseD
         except ConfigError as e:
             raise ConfigError(f"{GROUP}.space.{e}") from None
     return distributions
-
-
-def _metrics_files() -> list[Path]:
-    return artifacts.metrics_files()
 
 
 def trial_overrides(cfg: SearchConfig, params: dict[str, Any]) -> list[str]:
