@@ -64,38 +64,45 @@ def card(uri: str, tracking_uri: str) -> tuple[dict, str]:
     def local(text: str) -> str:  # the data's path on the machine that trained it means nothing elsewhere
         return text.replace(path, "<your FER2013 zip>") if path else text
 
-    text = local(lineage.render(info))
-    params = client.get_run(run_id).data.params
-    views = {"flip": params.get("quantize.views.flip", params.get("model.tta_flip")) == "true",
-             "zoom": int(params.get("quantize.views.zoom", params.get("model.tta_zoom", 0)))}
-    accuracy = float(version.tags.get(Tag.test_accuracy, "nan"))
-    metrics = client.get_run(run_id).data.metrics
+    run = client.get_run(run_id)
     return {
         # a version number is only unique within one registry; the training run's id is unique everywhere
         "release": f"{info['name']}-{run_id[:8]}", "family": "fer2013", "model": uri,
         "registered": {"name": info["name"], "version": info["version"], "run_id": run_id},
-        "summary": f"{info['name']} v{info['version']} (run {run_id[:8]}), {accuracy:.2%} on FER2013 PublicTest",
-        "data": {"source": info["data"]["source"], "file": Path(path).name, "md5": info["data"]["md5"],
-                 "protocol": params.get("data.protocol") if evaluate.get("protocol") is None else evaluate["protocol"],
-                 "splits": {d["context"]: int(d["rows"]) for d in info["data"]["datasets"]},
-                 "test_split": evaluate.get("test_split", "PublicTest"),
-                 # a final fit (train.include_val) learned from val too, after the recipe was chosen on it
-                 "fitted_on": ["train", "val"] if fitted_on_val(params) else ["train"],
-                 "train_digest": info["data"]["train_digest"], "test_digest": info["data"]["test_digest"],
-                 "terms": TERMS},
+        "summary": f"{info['name']} v{info['version']} (run {run_id[:8]}), "
+                   f"{float(version.tags.get(Tag.test_accuracy, 'nan')):.2%} on FER2013 PublicTest",
+        "data": _data_section(info, run.data.params, evaluate, path),
         "training": {"commit": info["commit"], "dirty": info["dirty"], "dvc_exp_name": info["dvc_exp_name"],
                      "rebuild": local(info["rebuild"]["command"]),
                      "overrides": [local(o) for o in info["rebuild"]["overrides"]]},
-        "variant": variant, "views": views,
+        "variant": variant, "views": _views(run.data.params),
         # what was chosen on: one view at the epoch kept, and the export with its views (absent after a final fit)
-        "val": {"accuracy_one_view": metrics.get("val/accuracy"),
-                "exported_accuracy": metrics.get("val/exported_accuracy")},
-        "test": {"accuracy": accuracy, "macro_f1": float(version.tags.get(Tag.test_macro_f1, "nan")),
+        "val": {"accuracy_one_view": run.data.metrics.get("val/accuracy"),
+                "exported_accuracy": run.data.metrics.get("val/exported_accuracy")},
+        "test": {"accuracy": float(version.tags.get(Tag.test_accuracy, "nan")),
+                 "macro_f1": float(version.tags.get(Tag.test_macro_f1, "nan")),
                  "recall": {c: scores["per_class"][c]["recall"] for c in CLASSES} if scores else {},
                  "faces": evaluate.get("test_size")},
         "latency": {"ms_per_face_1_thread": (bench.get("latency", {}).get(f"{variant}_t1") or {}).get("median_ms"),
                     "machine": machine_name(bench.get("machine", {})), "macs_per_face": bench.get("macs_per_face")},
-    }, text
+    }, local(lineage.render(info))
+
+
+def _views(params: dict[str, str]) -> dict:
+    """The test-time views in the graph (older runs logged them under model.tta_*)."""
+    return {"flip": params.get("quantize.views.flip", params.get("model.tta_flip")) == "true",
+            "zoom": int(params.get("quantize.views.zoom", params.get("model.tta_zoom", 0)))}
+
+
+def _data_section(info: dict, params: dict[str, str], evaluate: dict, path: str) -> dict:
+    return {"source": info["data"]["source"], "file": Path(path).name, "md5": info["data"]["md5"],
+            "protocol": params.get("data.protocol") if evaluate.get("protocol") is None else evaluate["protocol"],
+            "splits": {d["context"]: int(d["rows"]) for d in info["data"]["datasets"]},
+            "test_split": evaluate.get("test_split", "PublicTest"),
+            # a final fit (train.include_val) learned from val too, after the recipe was chosen on it
+            "fitted_on": ["train", "val"] if fitted_on_val(params) else ["train"],
+            "train_digest": info["data"]["train_digest"], "test_digest": info["data"]["test_digest"],
+            "terms": TERMS}
 
 
 def data_text(d: dict) -> str:
@@ -124,18 +131,14 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.2%}"
 
 
-def markdown(c: dict, lineage_text: str) -> str:
-    recall = " | ".join(f"{v:.0%}" for v in c["test"]["recall"].values())
+def _table(c: dict) -> str:
+    """The card's facts: what goes in and out, how big and fast, how good on val and PublicTest."""
     views = ["the face"] + ([f"its central {c['views']['zoom']} px zoomed"] if c["views"]["zoom"] else [])
     views_text = " and ".join(views) + (", and the mirror of each" if c["views"]["flip"] else "")
     latency, test, val = c["latency"], c["test"], c.get("val", {})
     mmacs = latency["macs_per_face"] / 1e6 if latency["macs_per_face"] else float("nan")
     ms = latency["ms_per_face_1_thread"] or float("nan")
-    return f"""# Model card: {c['release']}
-
-{ROLES[c.get('role', 'release')]} {c['summary']}.
-
-| | |
+    return f"""| | |
 |---|---|
 | input | raw gray pixels, uint8 [1, 48, 48, 1] (scale 1, zero point 0); normalisation is in the graph |
 | output | 7 scores: {', '.join(CLASSES)} |
@@ -145,7 +148,16 @@ def markdown(c: dict, lineage_text: str) -> str:
 | FER2013 PublicTest ({test['faces']} faces) | accuracy **{test['accuracy']:.2%}**, macro-F1 {test['macro_f1']:.3f} |
 | latency per face, 1 thread | {ms:.2f} ms on {latency['machine']} (LiteRT; hosts differ, see the README) |
 | registered as | `models:/{c['registered']['name']}/{c['registered']['version']}`, run `{c['registered']['run_id']}` |
-| commit | `{c['training']['commit']}`{' (dirty)' if c['training']['dirty'] else ''} |
+| commit | `{c['training']['commit']}`{' (dirty)' if c['training']['dirty'] else ''} |"""
+
+
+def markdown(c: dict, lineage_text: str) -> str:
+    recall = " | ".join(f"{v:.0%}" for v in c["test"]["recall"].values())
+    return f"""# Model card: {c['release']}
+
+{ROLES[c.get('role', 'release')]} {c['summary']}.
+
+{_table(c)}
 
 Per-class recall on PublicTest:
 
