@@ -4,7 +4,9 @@ Reads `evaluate` from params.yaml. `evaluate()` turns each model's test scores i
 per-class precision/recall/F1, confusion matrix and agreement with Keras (how often a quantized variant
 picks the same class), beside a raw-pixel logistic regression on the same splits: the floor any CNN must
 clear (tested in-process). `main()` then tags the registered version with its test metrics and moves the
-`champion` alias to it if it beats the current one on `evaluate.promote_metric`.
+`champion` alias to it if it beats the current one on `evaluate.promote_metric`, and, for a FER2013 model,
+the release model bundled in the package scored on the same test split here: the runner follows the
+champion, so a quick run promoted into an empty registry would otherwise replace a better model unseen.
 
 The Keras model is the trained network on one view of each face; the .tflite variants carry the
 test-time views of `quantize.views`, so "keras" against "float32" reads as one view against all of them.
@@ -29,7 +31,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from pipeline import artifacts, cli
-from pipeline.inference.classifier import ModelError, TFLiteClassifier, read_labels, usable_cores
+from pipeline.inference.classifier import ModelError, TFLiteClassifier, read_labels, read_labels_file, usable_cores
 from pipeline.inference.contract import CLASSES, Tag
 from pipeline.metrics import recall
 from pipeline.prepared import load_split
@@ -142,10 +144,10 @@ def write_plots(y_test: np.ndarray, y_pred: np.ndarray, x_test: np.ndarray, best
 
 
 def flat(models: dict[str, dict], variant: str, baseline: dict[str, float] | None, floor: float | None,
-         test_size: int, val: dict[str, Any] | None = None) -> dict[str, float]:
+         test_size: int, val: dict[str, Any] | None = None, release: dict[str, Any] | None = None) -> dict[str, float]:
     """metrics/evaluate.json: the registered variant under the plain names, its per-class recall, the other
-    variants' accuracy, its val figures if val was held out, the baseline and the floor (everything else
-    stays in the details file)."""
+    variants' accuracy, its val figures if val was held out, the baseline, the floor and the bundled release
+    model's figures on the same split when it competed (everything else stays in the details file)."""
     best = models[variant]
     return {
         **({"val/exported_accuracy": val["accuracy"], "val/exported_macro_f1": val["macro_f1"]} if val else {}),
@@ -156,6 +158,8 @@ def flat(models: dict[str, dict], variant: str, baseline: dict[str, float] | Non
         "test/faces": test_size,
         **({"baseline/accuracy": baseline["accuracy"], "baseline/macro_f1": baseline["macro_f1"]} if baseline else {}),
         **({"test/promotion_floor": floor} if floor is not None else {}),
+        **({"test/release_accuracy": release["accuracy"], "test/release_macro_f1": release["macro_f1"]}
+           if release else {}),
     }
 
 
@@ -186,6 +190,35 @@ def score_exports(x_test: np.ndarray, y_test: np.ndarray, labels: list[str]) -> 
     for path in sorted(artifacts.TFLITE_DIR.glob("*.tflite")):
         all_scores[path.stem] = TFLiteClassifier(path, labels, num_threads=usable_cores()).predict(x_test)
     return evaluate(y_test, all_scores, labels), all_scores
+
+
+def score_release(x_test: np.ndarray, y_test: np.ndarray, labels: list[str], trained_on: str | None,
+                  test_digest: str) -> dict[str, Any] | None:
+    """The bundled release model's `score()` on this test split when it competes with the registered model (the
+    same data family: FER2013; a synthetic model has no release rival), else None. Scoring it here, not reading
+    its card, makes the comparison hold on any test split; `card_test_split` says whether this split is the one
+    its card reports (equal digests)."""
+    from pipeline.inference.registry import release_card, release_model
+
+    try:
+        release = release_model()
+        if release.trained_on != trained_on:
+            return None
+        classifier = TFLiteClassifier(release.tflite, release.labels, usable_cores())
+    except ModelError as e:
+        print(f"[evaluate] no bundled release model to compare with: {e}")
+        return None
+    if release.labels != labels:
+        print(f"[evaluate] the bundled release model's labels {release.labels} differ from {labels}; not compared")
+        return None
+    result = score(y_test, classifier.predict(x_test), labels)
+    card_digest = (release_card().get("data") or {}).get("test_digest")
+    same = card_digest == test_digest
+    print(f"[evaluate] the bundled release model {release.uri} on this test split: accuracy "
+          f"{result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}" + ("" if same else
+          " (not the split its card reports; it learned from FER2013 Training, so a split holding Training faces "
+          "flatters it)"))
+    return {"model": release.uri, "card_test_split": same, **result}
 
 
 def score_on_val(variant: str, labels: list[str]) -> dict[str, Any] | None:
@@ -228,10 +261,15 @@ def main() -> None:
                   f"macro-F1 {baseline['macro_f1']:.4f}")
         metric = str(cfg.promote_metric)
         floor = floor_value(str(cfg.floor), metric, baseline, len(labels))
+        rival = score_release(x_test, y_test, labels, read_labels_file(artifacts.TFLITE_LABELS).get("trained_on"),
+                              report.digests["test"])
         tracking.set_version_tags(registered["name"], registered["version"], {
-            Tag.test_accuracy: best["accuracy"], Tag.test_macro_f1: best["macro_f1"]})
+            Tag.test_accuracy: best["accuracy"], Tag.test_macro_f1: best["macro_f1"],
+            **({Tag.release_model: rival["model"], Tag.release_test_accuracy: rival["accuracy"],
+                Tag.release_test_macro_f1: rival["macro_f1"]} if rival else {})})
         decision = tracking.promote(registered["name"], registered["version"], metric, best[metric],
-                                    report.digests["test"], str(cfg.new_test_split), floor)
+                                    report.digests["test"], str(cfg.new_test_split), floor,
+                                    (rival["model"], rival[metric]) if rival else None)
         print(f"[evaluate] promotion of {registered['name']} v{registered['version']}: "
               f"{'promoted to' if decision['promoted'] else 'not'} champion ({decision['reason']})")
         write_plots(y_test, all_scores[variant].argmax(axis=1), x_test, best, variant, labels, cfg.sample_grid)
@@ -241,9 +279,9 @@ def main() -> None:
             "test_size": len(y_test), "test_digest": report.digests["test"],
             "baseline_logreg": baseline, "promotion_floor": floor,
             "registered": {k: registered[k] for k in ("name", "version", "run_id")},
-            "promotion": decision, "models": models, "val": val,
+            "promotion": decision, "models": models, "val": val, "release_model": rival,
         }
-        metrics = flat(models, variant, baseline, floor, len(y_test), val)
+        metrics = flat(models, variant, baseline, floor, len(y_test), val, rival)
         write_json(artifacts.EVALUATE_DETAILS, details)
         write_json(artifacts.EVALUATE_METRICS, metrics)
         log(metrics, details, registered)
