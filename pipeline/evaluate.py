@@ -4,7 +4,9 @@ Reads `evaluate` from params.yaml. `evaluate()` turns each model's test scores i
 per-class precision/recall/F1, confusion matrix and agreement with Keras (how often a quantized variant
 picks the same class), beside a raw-pixel logistic regression on the same splits: the floor any CNN must
 clear (tested in-process). `main()` then tags the registered version with its test metrics and moves the
-`champion` alias to it if it beats the current one on `evaluate.promote_metric`.
+`champion` alias to it if it beats the current one on `evaluate.promote_metric`, and, for a FER2013 model,
+the release model bundled in the package scored on the same test split here: the runner follows the
+champion, so a quick run promoted into an empty registry would otherwise replace a better model unseen.
 
 The Keras model is the trained network on one view of each face; the .tflite variants carry the
 test-time views of `quantize.views`, so "keras" against "float32" reads as one view against all of them.
@@ -15,6 +17,7 @@ finished models (views, ensembles, export) needs the figure of what ships, on a 
 
 Outside DVC it scores any model on any labelled data and prints the same metrics JSON:
     python -m pipeline.evaluate model=models:/fer-expression-fer2013@champion data.path=faces.zip
+    python -m pipeline.evaluate model=models/tflite/int8.tflite data.path=fer2013.zip data.usage=PublicTest
     python -m pipeline.evaluate model=models/tflite/int8.tflite split=val
 """
 
@@ -29,24 +32,37 @@ import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from pipeline import artifacts, cli
-from pipeline.inference.classifier import ModelError, TFLiteClassifier, read_labels, usable_cores
+from pipeline.inference.classifier import ModelError, TFLiteClassifier, read_labels, read_labels_file, usable_cores
 from pipeline.inference.contract import CLASSES, Tag
 from pipeline.metrics import recall
 from pipeline.prepared import load_split
 
 
+def present_classes(y_true: np.ndarray) -> list[int]:
+    """The class indices that occur in `y_true`: per-class figures and macro-F1 are taken over these."""
+    return sorted(int(c) for c in np.unique(y_true))
+
+
 def score(y_true: np.ndarray, scores: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class report and confusion matrix for one model's scores."""
+    """Accuracy, macro-F1, per-class report and confusion matrix for one model's scores.
+
+    Per-class figures and macro-F1 cover the classes present in `y_true`, listed absent ones aside: a class
+    with no face has no recall, and averaging it in as 0 made 0.843 over three classes read 0.361. A wrong
+    prediction of an absent class still counts against the true class's recall. The confusion matrix keeps
+    every class, so its shape never depends on the data.
+    """
     y_pred = scores.argmax(axis=1)
-    idx = list(range(len(labels)))
-    report = classification_report(y_true, y_pred, labels=idx, target_names=labels, output_dict=True,
+    present = present_classes(y_true)
+    names = [labels[i] for i in present]
+    report = classification_report(y_true, y_pred, labels=present, target_names=names, output_dict=True,
                                    zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=idx, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "per_class": {c: {k: float(report[c][k]) for k in ("precision", "recall", "f1-score", "support")}
-                      for c in labels},
-        "confusion": confusion_matrix(y_true, y_pred, labels=idx).tolist(),
+                      for c in names},
+        "absent_classes": [c for i, c in enumerate(labels) if i not in present],
+        "confusion": confusion_matrix(y_true, y_pred, labels=list(range(len(labels)))).tolist(),
     }
 
 
@@ -71,9 +87,9 @@ def logreg_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(x_train[keep].reshape(len(keep), -1).astype(np.float32), y_train[keep])
     y_pred = clf.predict(x_test.reshape(len(x_test), -1).astype(np.float32))
-    labels = list(range(len(CLASSES)))
-    return {"accuracy": float(accuracy_score(y_test, y_pred)),
-            "macro_f1": float(f1_score(y_test, y_pred, labels=labels, average="macro", zero_division=0))}
+    return {"accuracy": float(accuracy_score(y_test, y_pred)),  # macro-F1 over the classes present, as `score`
+            "macro_f1": float(f1_score(y_test, y_pred, labels=present_classes(y_test), average="macro",
+                                       zero_division=0))}
 
 
 def floor_value(floor: str, metric: str, baseline: dict[str, float] | None, classes: int) -> float | None:
@@ -95,34 +111,79 @@ def evaluate(y_test: np.ndarray, all_scores: dict[str, np.ndarray], labels: list
     return models
 
 
+def labelled_faces(path: Path, usages: set[str] | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Faces and labels of a folder, zip or CSV source, kept to `usages` if given, and what was scored: faces per
+    FER2013 usage (train/ is Training; test/ is PublicTest unless a file name says PrivateTest), skipped files.
+
+    A Kaggle folder holds train/ and test/: scoring both at once without saying so reads as a test figure.
+    """
+    from pipeline.data import DataError, read_csv, read_folder_layout
+
+    csv = path.suffix.lower() == ".csv"
+    data = read_csv(path) if csv else read_folder_layout(path)
+    found = {u: data.usages.count(u) for u in dict.fromkeys(data.usages)}
+    keep = [i for i, u in enumerate(data.usages) if usages is None or u in usages]
+    if not keep:
+        have = ", ".join(f"{u} {n}" for u, n in found.items()) or "no readable faces"
+        raise DataError(f"{path}: no faces of data.usage={','.join(sorted(usages or []))} (it has: {have})")
+    scored = {u: n for u, n in found.items() if usages is None or u in usages}
+    where = {} if csv else {"Training": " (train/)", "PublicTest": " (test/)", "PrivateTest": " (test/)"}
+    text = ", ".join(f"{u} {n}{where.get(u, '')}" for u, n in scored.items())
+    what = ("every usage together: data.usage=PublicTest (or Training, PrivateTest) picks some"
+            if usages is None and len(found) > 1 else f"data.usage={','.join(sorted(usages))}" if usages else
+            "the only usage it holds")
+    skipped = f"; {len(data.skipped)} unreadable files skipped" if data.skipped else ""
+    info = {"usages": scored, "skipped_files": len(data.skipped),
+            "note": f"scored {len(keep)} faces of {path}: {text} ({what}){skipped}"}
+    return np.stack([data.images[i] for i in keep]), np.asarray([data.labels[i] for i in keep], np.uint8), info
+
+
 def standalone(args: list[str]) -> None:
-    """`model=<uri or .tflite> data.path=<folder|zip|csv> | split=<train|val|test>`: metrics JSON on stdout,
-    nothing written. `split=val` compares finished models on the split that recipes are chosen on."""
-    from pipeline.data import DataError, read_labelled
+    """`model=<uri or .tflite> data.path=<folder|zip|csv> [data.usage=PublicTest,...] | split=<train|val|test>`:
+    metrics JSON on stdout, nothing written; which faces were scored, and the classes absent from them, on
+    stderr and in the JSON. `split=val` compares finished models on the split that recipes are chosen on."""
+    from pipeline.data import USAGES, DataError
     from pipeline.inference.contract import default_tracking_uri
     from pipeline.inference.registry import resolve
 
     options = dict(a.split("=", 1) for a in args if "=" in a)
-    unknown = set(options) - {"model", "data.path", "split", "threads"} or {a for a in args if "=" not in a}
+    allowed = {"model", "data.path", "data.usage", "split", "threads"}
+    unknown = set(options) - allowed or {a for a in args if "=" not in a}
     if unknown:
         raise SystemExit(f"error: unknown argument(s) {', '.join(sorted(unknown))} "
-                         "(allowed: model=, data.path=, split=, threads=)")
+                         "(allowed: model=, data.path=, data.usage=, split=, threads=)")
     split = options.get("split", "test")
     if split not in ("train", "val", "test"):
         raise SystemExit(f"error: split={split}: expected train, val or test")
     if "split" in options and "data.path" in options:
         raise SystemExit("error: give data.path= or split=, not both")
+    usages = set(options["data.usage"].split(",")) if "data.usage" in options else None
+    if usages is not None and usages - set(USAGES):
+        raise SystemExit(f"error: data.usage={options['data.usage']}: expected one or more of {', '.join(USAGES)}, "
+                         "comma-separated")
+    if usages is not None and "data.path" not in options:
+        raise SystemExit("error: data.usage= goes with data.path= (a prepared split= is one usage already)")
     threads = options.get("threads", "1")
     if not threads.isdigit() or int(threads) < 1:
         raise SystemExit(f"error: threads={threads}: expected a whole number >= 1")
     try:
         resolved = resolve(options.get("model", str(artifacts.tflite_path("int8"))), default_tracking_uri())
-        x, y = read_labelled(Path(options["data.path"])) if "data.path" in options else load_split(split)
+        if "data.path" in options:
+            x, y, scored = labelled_faces(Path(options["data.path"]), usages)
+        else:
+            x, y = load_split(split)
+            scored = {"note": f"scored the {split} split: {len(y)} faces of {artifacts.split_path(split)}"}
         classifier = TFLiteClassifier(resolved.tflite, resolved.labels, int(threads))
     except (ModelError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
     result = {"model": resolved.uri, "version": resolved.version, "data": options.get("data.path", f"{split} split"),
-              "n": len(y), **score(y, classifier.predict(x), resolved.labels)}
+              "n": len(y), "scored": scored, **score(y, classifier.predict(x), resolved.labels)}
+    print(f"[evaluate] {scored['note']}", file=sys.stderr)
+    if absent := result["absent_classes"]:
+        present = [c for c in resolved.labels if c not in absent]
+        result["note"] = (f"per-class figures and macro-F1 over the {len(present)} classes present "
+                          f"({', '.join(present)}); absent from the data, so not averaged in: {', '.join(absent)}")
+        print(f"[evaluate] {result['note']}", file=sys.stderr)
     print(json.dumps(result, indent=2))
 
 
@@ -142,10 +203,10 @@ def write_plots(y_test: np.ndarray, y_pred: np.ndarray, x_test: np.ndarray, best
 
 
 def flat(models: dict[str, dict], variant: str, baseline: dict[str, float] | None, floor: float | None,
-         test_size: int, val: dict[str, Any] | None = None) -> dict[str, float]:
+         test_size: int, val: dict[str, Any] | None = None, release: dict[str, Any] | None = None) -> dict[str, float]:
     """metrics/evaluate.json: the registered variant under the plain names, its per-class recall, the other
-    variants' accuracy, its val figures if val was held out, the baseline and the floor (everything else
-    stays in the details file)."""
+    variants' accuracy, its val figures if val was held out, the baseline, the floor and the bundled release
+    model's figures on the same split when it competed (everything else stays in the details file)."""
     best = models[variant]
     return {
         **({"val/exported_accuracy": val["accuracy"], "val/exported_macro_f1": val["macro_f1"]} if val else {}),
@@ -156,6 +217,8 @@ def flat(models: dict[str, dict], variant: str, baseline: dict[str, float] | Non
         "test/faces": test_size,
         **({"baseline/accuracy": baseline["accuracy"], "baseline/macro_f1": baseline["macro_f1"]} if baseline else {}),
         **({"test/promotion_floor": floor} if floor is not None else {}),
+        **({"test/release_accuracy": release["accuracy"], "test/release_macro_f1": release["macro_f1"]}
+           if release else {}),
     }
 
 
@@ -186,6 +249,35 @@ def score_exports(x_test: np.ndarray, y_test: np.ndarray, labels: list[str]) -> 
     for path in sorted(artifacts.TFLITE_DIR.glob("*.tflite")):
         all_scores[path.stem] = TFLiteClassifier(path, labels, num_threads=usable_cores()).predict(x_test)
     return evaluate(y_test, all_scores, labels), all_scores
+
+
+def score_release(x_test: np.ndarray, y_test: np.ndarray, labels: list[str], trained_on: str | None,
+                  test_digest: str) -> dict[str, Any] | None:
+    """The bundled release model's `score()` on this test split when it competes with the registered model (the
+    same data family: FER2013; a synthetic model has no release rival), else None. Scoring it here, not reading
+    its card, makes the comparison hold on any test split; `card_test_split` says whether this split is the one
+    its card reports (equal digests)."""
+    from pipeline.inference.registry import release_card, release_model
+
+    try:
+        release = release_model()
+        if release.trained_on != trained_on:
+            return None
+        classifier = TFLiteClassifier(release.tflite, release.labels, usable_cores())
+    except ModelError as e:
+        print(f"[evaluate] no bundled release model to compare with: {e}")
+        return None
+    if release.labels != labels:
+        print(f"[evaluate] the bundled release model's labels {release.labels} differ from {labels}; not compared")
+        return None
+    result = score(y_test, classifier.predict(x_test), labels)
+    card_digest = (release_card().get("data") or {}).get("test_digest")
+    same = card_digest == test_digest
+    print(f"[evaluate] the bundled release model {release.uri} on this test split: accuracy "
+          f"{result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}" + ("" if same else
+          " (not the split its card reports; it learned from FER2013 Training, so a split holding Training faces "
+          "flatters it)"))
+    return {"model": release.uri, "card_test_split": same, **result}
 
 
 def score_on_val(variant: str, labels: list[str]) -> dict[str, Any] | None:
@@ -221,6 +313,9 @@ def main() -> None:
         models, all_scores = score_exports(x_test, y_test, labels)
         variant = registered["variant"]
         best = models[variant]
+        if best["absent_classes"]:
+            print(f"[evaluate] the test split has no faces of {', '.join(best['absent_classes'])}: per-class "
+                  f"figures and macro-F1 are over the {len(labels) - len(best['absent_classes'])} classes present")
         baseline = logreg_baseline(*load_split("train"), x_test, y_test, cfg.baseline_samples) \
             if cfg.baseline_samples else None
         if baseline:
@@ -228,10 +323,15 @@ def main() -> None:
                   f"macro-F1 {baseline['macro_f1']:.4f}")
         metric = str(cfg.promote_metric)
         floor = floor_value(str(cfg.floor), metric, baseline, len(labels))
+        rival = score_release(x_test, y_test, labels, read_labels_file(artifacts.TFLITE_LABELS).get("trained_on"),
+                              report.digests["test"])
         tracking.set_version_tags(registered["name"], registered["version"], {
-            Tag.test_accuracy: best["accuracy"], Tag.test_macro_f1: best["macro_f1"]})
+            Tag.test_accuracy: best["accuracy"], Tag.test_macro_f1: best["macro_f1"],
+            **({Tag.release_model: rival["model"], Tag.release_test_accuracy: rival["accuracy"],
+                Tag.release_test_macro_f1: rival["macro_f1"]} if rival else {})})
         decision = tracking.promote(registered["name"], registered["version"], metric, best[metric],
-                                    report.digests["test"], str(cfg.new_test_split), floor)
+                                    report.digests["test"], str(cfg.new_test_split), floor,
+                                    (rival["model"], rival[metric]) if rival else None)
         print(f"[evaluate] promotion of {registered['name']} v{registered['version']}: "
               f"{'promoted to' if decision['promoted'] else 'not'} champion ({decision['reason']})")
         write_plots(y_test, all_scores[variant].argmax(axis=1), x_test, best, variant, labels, cfg.sample_grid)
@@ -241,9 +341,9 @@ def main() -> None:
             "test_size": len(y_test), "test_digest": report.digests["test"],
             "baseline_logreg": baseline, "promotion_floor": floor,
             "registered": {k: registered[k] for k in ("name", "version", "run_id")},
-            "promotion": decision, "models": models, "val": val,
+            "promotion": decision, "models": models, "val": val, "release_model": rival,
         }
-        metrics = flat(models, variant, baseline, floor, len(y_test), val)
+        metrics = flat(models, variant, baseline, floor, len(y_test), val, rival)
         write_json(artifacts.EVALUATE_DETAILS, details)
         write_json(artifacts.EVALUATE_METRICS, metrics)
         log(metrics, details, registered)

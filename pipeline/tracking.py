@@ -287,10 +287,11 @@ def describe_version(name: str, version: str) -> None:
 
 
 def promote(name: str, version: str, metric: str, value: float, test_digest: str,
-            on_new_test_split: str = "keep", floor: float | None = None) -> dict[str, Any]:
+            on_new_test_split: str = "keep", floor: float | None = None,
+            release: tuple[str, float] | None = None) -> dict[str, Any]:
     """`registry.promote` against this store, locked under the repo root (see there for the rule)."""
     from pipeline.inference import registry
 
     return registry.promote(mlflow.MlflowClient(), name, version, metric, value, test_digest,
-                            repo_root() / artifacts.PROMOTION_LOCK, on_new_test_split, floor)
+                            repo_root() / artifacts.PROMOTION_LOCK, on_new_test_split, floor, release)
 

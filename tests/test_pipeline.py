@@ -22,7 +22,7 @@ from pipeline.inference.registry import download_registered
 from pipeline.metrics import HEADLINE, HEADLINE_NAMES, recall
 from pipeline.prepared import load_split
 
-from .conftest import Repro, free_port, run, wait_http
+from .conftest import REPO, Repro, free_port, run, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,10 @@ def test_registered_champion_reproduces_the_reported_accuracy(repro: Repro, mlfl
 def test_the_scorer_reads_the_val_split_as_the_stage_did_and_refuses_bad_arguments(repro: Repro) -> None:
     variant = json.loads((repro.path / "models/registered.json").read_text())["variant"]
     scorer = [sys.executable, "-m", "pipeline.evaluate", f"model=models/tflite/{variant}.tflite"]
-    scored = json.loads(run([*scorer, "split=val"], repro.path, repro.env).stdout)
+    # the README's line, as printed (its `python` is the venv's, first on the PATH of repro.env)
+    readme = (REPO / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("python -m pipeline.evaluate") and "split=val" in x)
+    scored = json.loads(run(["bash", "-c", line], repro.path, repro.env).stdout)
     x, y = load_split(repro.path / "data/prepared/val.npz")
     assert scored["data"] == "val split" and scored["n"] == len(y)
     expected = TFLiteClassifier(repro.path / f"models/tflite/{variant}.tflite", list(CLASSES)).predict(x).argmax(1)

@@ -56,11 +56,21 @@ class Tag(StrEnum):
     machine = "benchmark_machine"
     promotion = "promotion"  # what evaluate decided: promoted to champion, or not
     promotion_reason = "promotion_reason"
+    # the bundled release model on this version's test split, scored by evaluate: what the version had to beat
+    release_model = "release_model"
+    release_test_accuracy = "release_test_accuracy"
+    release_test_macro_f1 = "release_test_macro_f1"
 
 
 def metric_tag(metric: str) -> Tag:
     """The version tag that holds a promotion metric (`evaluate.promote_metric`): accuracy -> test_accuracy."""
     return Tag(f"test_{metric}")
+
+
+def release_metric_tag(metric: str) -> Tag:
+    """The version tag that holds the release model's score on the version's test split: accuracy ->
+    release_test_accuracy."""
+    return Tag(f"release_test_{metric}")
 
 
 def registered_name(prefix: str, family: Family | str) -> str:

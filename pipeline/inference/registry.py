@@ -2,9 +2,12 @@
 
 One resolution rule for the runner and the Python API:
 1. an explicit `model` (a `models:/` URI or a path to a .tflite with its labels.json) wins;
-2. else the tracking store's `models:/fer-expression-fer2013@champion`, when the store has one;
+2. else the tracking store's `models:/fer-expression-fer2013@champion`, when the store has one, unless its
+   recorded test accuracy is below the bundled release model's on the same test split (a champion promoted
+   before the release took part in promotion): the default a user gets never silently gets worse than what ships;
 3. else the FER2013 release model that ships inside this package (`release/`).
-A synthetic-data model therefore runs only when asked for by name, and then says so.
+A synthetic-data model therefore runs only when asked for by name, and then says so. `why` says which model
+runs and why it won: its test figure against the release model's when the two were scored on the same split.
 
 From the registry only the .tflite and its labels.json are downloaded (never a pickle), and the file's
 sha256 must equal the one the quantize stage recorded at registration. Promotion (the `champion` alias)
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from pipeline.inference.contract import (
     is_model_uri,
     metric_tag,
     parse_model_uri,
+    release_metric_tag,
 )
 
 RELEASE_DIR = Path(__file__).parent / "release"
@@ -56,6 +60,7 @@ class ResolvedModel:
     version: str | None = None
     trained_on: str | None = None  # the data family when known ("fer2013", "synthetic")
     why: str = ""  # one line for the user: which model runs and why
+    tags: dict[str, str] = field(default_factory=dict)  # a registered version's tags (its scores, test digest)
 
     @property
     def synthetic(self) -> bool:
@@ -73,11 +78,8 @@ def release_model(pinned: str | None = None) -> ResolvedModel:
     """The release model bundled with the package (see release/MODEL_CARD.md); with `pinned`
     (`release:<name>`), ModelError unless the bundled release is that one."""
     resolved = _local(RELEASE_DIR / MODEL_FILE, "release")
-    card = RELEASE_DIR / "model_card.json"
-    if card.is_file():
-        import json
-
-        info = json.loads(card.read_text())
+    if (RELEASE_DIR / "model_card.json").is_file():
+        info = release_card()
         resolved.uri = f"release:{info.get('release', 'fer2013')}"
         resolved.trained_on = info.get("family", resolved.trained_on)
         resolved.why = info.get("summary", "")
@@ -107,6 +109,53 @@ def teacher_model(name: str, folder: Path) -> ResolvedModel:
     if sha256_of(resolved.tflite) != expected:
         raise ModelError(f"{resolved.tflite}: sha256 differs from its model_card.json: not the teacher it names")
     return resolved
+
+
+def release_card() -> dict[str, Any]:
+    """The bundled release's model_card.json ({} when absent or unreadable: the card only adds figures)."""
+    import json
+
+    try:
+        card = json.loads((RELEASE_DIR / "model_card.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:.1f} %"
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def against_release(tags: dict[str, str], card: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a champion with these version tags should run rather than the bundled release model, and a
+    clause for the user saying how the two compare.
+
+    A champion whose evaluate scored the release model beside it (`release_test_*` tags) beat it at
+    promotion, so it runs. One promoted before that rule existed runs unless the release card's figure
+    was measured on the same test split (equal digests) and is higher: comparing figures from different
+    splits would mean nothing, so then the clause says they were not compared.
+    """
+    accuracy, digest = _float(tags.get(Tag.test_accuracy)), tags.get(Tag.test_digest) or ""
+    if accuracy is None:
+        return True, "no recorded test accuracy, so not compared with the bundled release model"
+    figure = f"{_percent(accuracy)} on test split {digest[:12] or '(unknown)'}"
+    if (release := _float(tags.get(release_metric_tag("accuracy")))) is not None:
+        relation = "over" if accuracy > release else "promoted on another metric beside"
+        return True, f"{figure}, {relation} the bundled release model's {_percent(release)}"
+    test, data = card.get("test"), card.get("data")
+    card_accuracy = _float(str(test.get("accuracy"))) if isinstance(test, dict) else None
+    if card_accuracy is None or not digest or not isinstance(data, dict) or data.get("test_digest") != digest:
+        return True, f"{figure}; not compared with the bundled release model (not scored on the same test split)"
+    if accuracy < card_accuracy:
+        return False, (f"{figure}, below the bundled release model's {_percent(card_accuracy)} on the same split")
+    return True, f"{figure}, over the bundled release model's {_percent(card_accuracy)}"
 
 
 def _store_exists(tracking_uri: str) -> bool:
@@ -187,7 +236,8 @@ def download_registered(uri: str, tracking_uri: str, cache_dir: str | Path | Non
     family = mv.tags.get(Tag.data_source)
     trained_on = meta.get("trained_on") or (Family.synthetic.value if family == "synthetic" else
                                             Family.fer2013.value if family else None)
-    return ResolvedModel(files[MODEL_FILE], list(meta["labels"]), uri, str(mv.version), trained_on)
+    return ResolvedModel(files[MODEL_FILE], list(meta["labels"]), uri, str(mv.version), trained_on,
+                         tags={str(k): str(v) for k, v in (mv.tags or {}).items()})
 
 
 def sha256_of(path: str | Path) -> str:
@@ -208,24 +258,30 @@ def resolve(model: str | None, tracking_uri: str, cache_dir: str | Path | None =
         resolved.why = f"{model} (asked for with model=)"
     else:
         champion = default_model_uri()
-        resolved, reason = None, "the tracking store does not exist"
+        resolved, reason = None, f"no champion at {redact(tracking_uri)}: the tracking store does not exist"
         if _store_exists(tracking_uri):
             try:
                 resolved = download_registered(champion, tracking_uri, cache_dir)
-                resolved.why = f"{champion} v{resolved.version} (the champion at {redact(tracking_uri)})"
+                runs, clause = against_release(resolved.tags, release_card())
+                where = f"{champion} v{resolved.version} at {redact(tracking_uri)}"
+                if runs:
+                    resolved.why = f"{champion} v{resolved.version} (the champion at {redact(tracking_uri)}: {clause})"
+                elif (RELEASE_DIR / MODEL_FILE).is_file():
+                    resolved, reason = None, f"the champion {where} scored {clause}"
+                else:  # no release to prefer: the champion runs, and the line says it is the worse one
+                    resolved.why = f"{where} (the champion: {clause}; the bundled release model is missing)"
             except ModelNotRegistered:
-                reason = "it has no FER2013 champion"
+                reason = f"no champion at {redact(tracking_uri)}: it has no FER2013 champion"
             except ModelError as e:
-                reason = f"it failed: {e}"
+                reason = f"no champion at {redact(tracking_uri)}: it failed: {e}"
         if resolved is None:
             try:
                 resolved = release_model()
             except ModelError as e:
-                raise ModelError(f"no model to run: no champion at {redact(tracking_uri)} ({reason}) and no "
-                                 f"bundled release model ({e}); pass model=path/to/model.tflite") from None
+                raise ModelError(f"no model to run: {reason}; and no bundled release model ({e}); "
+                                 "pass model=path/to/model.tflite") from None
             summary = f": {resolved.why}" if resolved.why else ""
-            resolved.why = (f"the bundled release model{summary} (no champion at {redact(tracking_uri)}: "
-                            f"{reason})")
+            resolved.why = f"the bundled release model{summary} ({reason})"
     if resolved.synthetic:
         resolved.why += "; trained on SYNTHETIC faces: its labels mean nothing for real faces"
     return resolved
@@ -233,13 +289,16 @@ def resolve(model: str | None, tracking_uri: str, cache_dir: str | Path | None =
 
 # ---------------------------------------------------------------- promotion
 def promote(client: Any, name: str, version: str, metric: str, value: float, test_digest: str,
-            lock_path: Path, on_new_test_split: str = "keep", floor: float | None = None) -> dict[str, Any]:
-    """Move `champion` to this version if it beats the current one on `metric` on the same test split.
+            lock_path: Path, on_new_test_split: str = "keep", floor: float | None = None,
+            release: tuple[str, float] | None = None) -> dict[str, Any]:
+    """Move `champion` to this version if it beats the current one on `metric` on the same test split, and
+    `release` (the bundled release model's uri and its `metric` on this same split) when given.
 
     Ties keep the current champion. A champion scored on another test split is not comparable: it is
     kept unless `on_new_test_split` is "promote". A version at or below `floor` (the stage's own baseline)
-    is never promoted, even into an empty registry. A file lock serialises read-compare-set across
-    parallel experiments.
+    is never promoted, even into an empty registry, and neither is one at or below the release model: the
+    runner would otherwise swap the model a user gets for a worse one without a word (a 4-minute smoke run
+    into an empty registry). A file lock serialises read-compare-set across parallel experiments.
     """
     from filelock import FileLock
     from mlflow.exceptions import MlflowException
@@ -250,23 +309,34 @@ def promote(client: Any, name: str, version: str, metric: str, value: float, tes
         except MlflowException:
             champion = None
         decision: dict[str, Any] = {"model": name, "version": str(version), "metric": metric, "value": value}
+        if release is not None:
+            decision.update(release_model=release[0], release_value=release[1])
+        over_release = "" if release is None else f" and > the bundled release model's {release[1]:.4f}"
         if floor is not None and value <= floor:
             promote_it, reason = False, f"{metric} {value:.4f} is not above the floor {floor:.4f}"
+        elif release is not None and value <= release[1] and not (champion and str(champion.version) == str(version)):
+            promote_it = False
+            reason = (f"{metric} {value:.4f} <= the bundled release model's {release[1]:.4f} on this test split "
+                      f"({release[0]}); " + (f"champion v{champion.version} kept" if champion else
+                                            "no champion, so the release model stays the default"))
         elif champion is None:
-            promote_it, reason = True, "no champion yet"
+            promote_it = True
+            reason = "no champion yet" + (f"; {metric} {value:.4f} > the bundled release model's {release[1]:.4f}"
+                                          if release else "")
         elif str(champion.version) == str(version):
             promote_it, reason = False, "already champion"
         elif champion.tags.get(Tag.test_digest) != test_digest:
             promote_it = on_new_test_split == "promote"
             reason = (f"champion v{champion.version} was evaluated on another test split; not comparable, "
                       + ("replaced (evaluate.new_test_split=promote)" if promote_it
-                         else "kept (evaluate.new_test_split=keep)"))
+                         else "kept (evaluate.new_test_split=keep)") + (over_release if promote_it else ""))
         elif (held := champion.tags.get(metric_tag(metric))) is None:  # never read a missing score as -inf
             promote_it, reason = False, f"champion v{champion.version} has no {metric_tag(metric)} tag; kept"
         else:
             best = float(held)
             promote_it = value > best
-            reason = f"{metric} {value:.4f} {'>' if promote_it else '<='} champion v{champion.version} {best:.4f}"
+            reason = (f"{metric} {value:.4f} {'>' if promote_it else '<='} champion v{champion.version} {best:.4f}"
+                      + (over_release if promote_it else ""))
             decision["champion_value"] = best
         if promote_it:
             client.set_registered_model_alias(name, CHAMPION, str(version))

@@ -74,7 +74,8 @@ def test_the_stores_fer2013_champion_wins_over_the_release(tiny_model, tmp_path:
     version = register(uri, tiny_model, tmp_path, "fer-expression-fer2013")
     resolved = registry.resolve(None, uri, cache_dir=tmp_path / "cache")
     assert resolved.version == version and resolved.trained_on == "fer2013"
-    assert resolved.why == f"models:/fer-expression-fer2013@champion v{version} (the champion at {uri})"
+    assert resolved.why == (f"models:/fer-expression-fer2013@champion v{version} (the champion at {uri}: no "
+                            "recorded test accuracy, so not compared with the bundled release model)")
     assert resolved.tflite.is_relative_to(tmp_path / "cache")
 
 
@@ -182,3 +183,88 @@ def test_a_version_at_or_below_the_floor_is_never_promoted(tmp_path: Path) -> No
     assert not decision["promoted"] and decision["reason"] == "accuracy 0.1430 is not above the floor 0.4660"
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias("floor", "champion")
+
+
+def test_the_release_model_takes_part_in_promotion_on_the_same_split(tmp_path: Path) -> None:
+    """Issue 39.1: a 4-minute run (51.96 %) into an empty registry became champion over the 69.38 % release."""
+    uri = store(tmp_path)
+    Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    client, lock = mlflow.MlflowClient(uri, uri), tmp_path / "promo.lock"
+    rival = ("release:fer2013-test", 0.6938)
+
+    def promote(version: str, value: float) -> dict:
+        return registry.promote(client, "rel", version, "accuracy", value, "d1", lock, release=rival)
+
+    quick = promote(_version(client, "rel", "d1", 0.5196), 0.5196)
+    assert not quick["promoted"] and quick["champion"] is None and quick["release_value"] == 0.6938
+    assert quick["reason"] == ("accuracy 0.5196 <= the bundled release model's 0.6938 on this test split "
+                               "(release:fer2013-test); no champion, so the release model stays the default")
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("rel", "champion")
+    assert not promote(_version(client, "rel", "d1", 0.6938), 0.6938)["promoted"]  # a tie keeps the release
+    v3 = _version(client, "rel", "d1", 0.712)
+    better = promote(v3, 0.712)
+    assert better["promoted"]
+    assert better["reason"] == "no champion yet; accuracy 0.7120 > the bundled release model's 0.6938"
+    v4 = _version(client, "rel", "d1", 0.72)
+    assert promote(v4, 0.72)["reason"] == ("accuracy 0.7200 > champion v3 0.7120 and > the bundled release "
+                                           "model's 0.6938")
+    # a champion set before the release took part, below it: a candidate must still clear the release
+    client.set_registered_model_alias("rel", "champion", _version(client, "rel", "d1", 0.50))
+    between = promote(_version(client, "rel", "d1", 0.60), 0.60)
+    assert not between["promoted"] and "<= the bundled release model's 0.6938" in between["reason"]
+
+
+def _champion_with(uri: str, tiny_model: Path, tmp_path: Path, tags: dict[str, str]) -> str:
+    version = register(uri, tiny_model, tmp_path, "fer-expression-fer2013")
+    client = mlflow.MlflowClient(uri, uri)
+    for key, value in tags.items():
+        client.set_model_version_tag("fer-expression-fer2013", version, key, value)
+    return version
+
+
+@pytest.fixture
+def carded_release(release: Path) -> Path:
+    """The stand-in release with the figures a real card holds: its accuracy on a test split, and its digest."""
+    card = json.loads((release / "model_card.json").read_text())
+    card.update(test={"accuracy": 0.6938}, data={"test_digest": "d" * 64})
+    (release / "model_card.json").write_text(json.dumps(card))
+    return release
+
+
+def test_the_runner_says_why_the_champion_won_over_the_release(tiny_model, tmp_path: Path, carded_release) -> None:
+    uri = store(tmp_path)
+    version = _champion_with(uri, tiny_model, tmp_path, {Tag.test_accuracy: "0.712", Tag.test_digest: "e" * 64,
+                                                         Tag.release_test_accuracy: "0.6938"})
+    resolved = registry.resolve(None, uri, cache_dir=tmp_path / "cache")
+    assert resolved.version == version
+    assert resolved.why == (f"models:/fer-expression-fer2013@champion v{version} (the champion at {uri}: 71.2 % on "
+                            f"test split eeeeeeeeeeee, over the bundled release model's 69.4 %)")
+
+
+def test_a_champion_promoted_before_the_rule_and_worse_than_the_release_gives_way(
+        tiny_model, tmp_path: Path, carded_release) -> None:
+    uri = store(tmp_path)
+    version = _champion_with(uri, tiny_model, tmp_path, {Tag.test_accuracy: "0.5196", Tag.test_digest: "d" * 64})
+    resolved = registry.resolve(None, uri, cache_dir=tmp_path / "cache")
+    assert resolved.uri == "release:fer2013-test"
+    assert resolved.why == (f"the bundled release model: a stand-in release (the champion "
+                            f"models:/fer-expression-fer2013@champion v{version} at {uri} scored 52.0 % on test split "
+                            f"dddddddddddd, below the bundled release model's 69.4 % on the same split)")
+
+
+@pytest.mark.parametrize(("tags", "clause"), [
+    ({Tag.test_accuracy: "0.5196", Tag.test_digest: "f" * 64},  # another split: figures are not comparable
+     "52.0 % on test split ffffffffffff; not compared with the bundled release model (not scored on the same "
+     "test split)"),
+    ({Tag.test_accuracy: "0.70", Tag.test_digest: "d" * 64}, "70.0 % on test split dddddddddddd, over the bundled "
+     "release model's 69.4 %"),
+    ({}, "no recorded test accuracy, so not compared with the bundled release model"),
+])
+def test_a_champion_without_the_comparison_still_runs_and_says_so(tiny_model, tmp_path: Path, carded_release,
+                                                                  tags: dict, clause: str) -> None:
+    uri = store(tmp_path)
+    version = _champion_with(uri, tiny_model, tmp_path, tags)
+    resolved = registry.resolve(None, uri, cache_dir=tmp_path / "cache")
+    assert resolved.version == version
+    assert resolved.why == f"models:/fer-expression-fer2013@champion v{version} (the champion at {uri}: {clause})"
