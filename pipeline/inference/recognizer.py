@@ -59,21 +59,40 @@ def as_bgr(image: str | Path | np.ndarray, channels: str = "bgr") -> np.ndarray:
             raise ValueError(f"{image}: not a readable image")
         return decoded
     array = np.asarray(image)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"image of shape {array.shape}: expected HxW, HxWx3 or HxWx4")
     if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.floating) or array.size == 0 or array.min() < 0 or array.max() > 1:
-            raise ValueError(f"image of dtype {array.dtype}: expected uint8 (0-255) or floats in 0-1")
-        array = (array * 255).round().astype(np.uint8)
+        array = _floats_to_uint8(array)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim == 2:
         return array
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"image of shape {array.shape}: expected HxW, HxWx3 or HxWx4")
     if channels not in ("bgr", "rgb"):
         raise ValueError(f"channels={channels!r}: expected 'bgr' or 'rgb'")
     if array.shape[2] == 4:
         return cv2.cvtColor(array, cv2.COLOR_RGBA2BGR if channels == "rgb" else cv2.COLOR_BGRA2BGR)
     return cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if channels == "rgb" else array
+
+
+def _floats_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Floats in 0-1 -> uint8 0-255; ValueError for other dtypes, non-finite values or values out of range.
+
+    Non-finite values are looked for first: NaN compares false with everything, so a min/max range check
+    passes it, and the cast would turn it into an arbitrary pixel (an image that silently finds no face).
+    """
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"image of dtype {array.dtype}: expected uint8 (0-255) or floats in 0-1")
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = ~finite
+        nan = np.isnan(array)
+        kind, count = ("NaN", int(nan.sum())) if nan.any() else ("inf", int(bad.sum()))
+        row, col = (int(i) for i in np.argwhere(nan if nan.any() else bad)[0][:2])
+        raise ValueError(f"image of dtype {array.dtype} has {count} {kind} value(s) (first at row {row}, "
+                         f"column {col}): expected finite floats in 0-1")
+    if array.min() < 0 or array.max() > 1:
+        raise ValueError(f"image of dtype {array.dtype}: expected uint8 (0-255) or floats in 0-1")
+    return (array * 255).round().astype(np.uint8)
 
 
 class ExpressionRecognizer:

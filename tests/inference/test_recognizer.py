@@ -72,3 +72,15 @@ def test_predict_faces_scores_a_batch_of_crops_like_one_at_a_time(rec) -> None:
 
 def test_why_names_the_model(rec, tiny_model) -> None:
     assert str(tiny_model) in rec.why and rec.labels == list(CLASSES)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_float_image_with_one_non_finite_pixel_is_a_value_error_naming_it(rec, bad) -> None:
+    """NaN passes a min/max range check (every comparison with it is false): it used to give no faces."""
+    image = cv2.imread(str(PHOTO)).astype(np.float32) / 255.0
+    image[5, 7, 1] = bad
+    name = "NaN" if np.isnan(bad) else "inf"
+    with pytest.raises(ValueError, match=rf"image of dtype float32 has 1 {name} value\(s\) \(first at row 5, "
+                                         r"column 7\): expected finite floats in 0-1"):
+        rec.predict(image)
+
