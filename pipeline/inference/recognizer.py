@@ -142,16 +142,40 @@ class ExpressionRecognizer:
         return out
 
     def predict_faces(self, crops: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-        """[N, 7] probabilities for N gray face crops of 48x48 (other sizes are resized, colour converted)."""
-        faces = [_to_crop(np.asarray(c)) for c in crops]
+        """[N, 7] probabilities for N gray face crops of 48x48 (other sizes are resized, colour converted).
+
+        `crops` is a list of crops or an array: [N, H, W] or [N, H, W, 1|3|4] for N crops, and [H, W] or
+        [H, W, 3|4] for one crop (one row of answers, not one per pixel row); any other shape is a ValueError.
+        """
+        faces = [_to_crop(np.asarray(c), i) for i, c in enumerate(_split_crops(crops))]
         return self.classifier.predict(np.stack(faces)) if faces else np.zeros((0, len(self.labels)), np.float32)
 
 
-def _to_crop(crop: np.ndarray) -> np.ndarray:
+def _split_crops(crops: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray] | np.ndarray:
+    """The crops of a list, or of an array by its shape: a lone 2-D crop must not be read as H crops of a row."""
+    if not isinstance(crops, np.ndarray):
+        return list(crops)
+    shape, expected = crops.shape, "expected [N, H, W], [N, H, W, 1|3|4], one [H, W] or one [H, W, 3|4] crop"
+    if crops.ndim == 2 or (crops.ndim == 3 and shape[2] in (3, 4)):  # one crop
+        if 0 in shape[:2]:
+            raise ValueError(f"crops of shape {shape}: {expected}")
+        return [crops]
+    if crops.ndim == 3 or (crops.ndim == 4 and shape[3] in (1, 3, 4)):
+        if len(crops) and 0 in shape[1:3]:
+            raise ValueError(f"crops of shape {shape}: {expected}")
+        return crops
+    raise ValueError(f"crops of shape {shape}: {expected}")
+
+
+def _to_crop(crop: np.ndarray, index: int = 0) -> np.ndarray:
+    if crop.ndim == 3 and crop.shape[2] == 1:
+        crop = crop[:, :, 0]
+    if crop.ndim not in (2, 3) or (crop.ndim == 3 and crop.shape[2] not in (3, 4)) or 0 in crop.shape[:2]:
+        raise ValueError(f"crop {index} of shape {crop.shape}: expected HxW gray or HxWx3 (BGR) pixels")
+    if crop.dtype != np.uint8:
+        raise ValueError(f"crop {index} of dtype {crop.dtype}: expected uint8 gray pixels")
     if crop.ndim == 3:
         crop = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY if crop.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
-    if crop.dtype != np.uint8:
-        raise ValueError(f"crop of dtype {crop.dtype}: expected uint8 gray pixels")
     if crop.shape != (IMAGE_SIZE, IMAGE_SIZE):
         crop = cv2.resize(crop, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
     return crop

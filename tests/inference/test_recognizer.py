@@ -4,6 +4,7 @@ trained one: the contract (boxes, labels, probabilities) is under test, not accu
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -83,4 +84,23 @@ def test_a_float_image_with_one_non_finite_pixel_is_a_value_error_naming_it(rec,
     with pytest.raises(ValueError, match=rf"image of dtype float32 has 1 {name} value\(s\) \(first at row 5, "
                                          r"column 7\): expected finite floats in 0-1"):
         rec.predict(image)
+
+
+
+def test_one_2d_crop_is_one_answer_and_other_shapes_a_value_error_naming_them(rec) -> None:
+    """A single 48x48 crop used to be read as 48 crops of one row each: 48 answers."""
+    rng = np.random.default_rng(1)
+    crop = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    one = rec.predict_faces(crop)
+    assert one.shape == (1, 7)
+    assert np.allclose(one[0], rec.predict_faces(crop[None])[0])
+    assert rec.predict_faces(np.stack([crop, crop])[..., None]).shape == (2, 7)  # [N, 48, 48, 1]
+    colour = cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
+    assert np.allclose(rec.predict_faces(colour)[0], one[0], atol=0.02)  # one colour crop, HxWx3
+    assert rec.predict_faces(np.stack([colour, colour])).shape == (2, 7)  # [N, H, W, 3]
+    for shape in [(48,), (2, 3, 48, 48, 1), (2, 48, 48, 2), (0, 48), (2, 0, 48)]:
+        with pytest.raises(ValueError, match=rf"crops of shape {re.escape(str(shape))}: expected"):
+            rec.predict_faces(np.zeros(shape, np.uint8))
+    with pytest.raises(ValueError, match=r"crop 1 of shape \(0, 5\): expected"):
+        rec.predict_faces([crop, np.zeros((0, 5), np.uint8)])
 
