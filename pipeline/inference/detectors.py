@@ -152,6 +152,8 @@ class BlazeFaceDetector:
         return scale, pad_x, pad_y
 
     def detect(self, frame: np.ndarray) -> list[Face]:
+        if 0 in frame.shape[:2]:  # no pixels, no face (and the letterbox would divide by zero)
+            return []
         scale, pad_x, pad_y = self._letterbox(frame)
         self._interpreter.set_tensor(self._input_index, self._input)
         self._interpreter.invoke()
@@ -194,6 +196,8 @@ class HaarDetector:
         }
 
     def detect(self, frame: np.ndarray) -> list[Face]:
+        if 0 in frame.shape[:2]:
+            return []
         boxes = self._cascade.detectMultiScale(_to_gray(frame), **self._options)
         height, width = frame.shape[:2]
         # The cascade gives no calibrated confidence, so every accepted box scores 1.0.

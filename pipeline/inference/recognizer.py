@@ -61,6 +61,8 @@ def as_bgr(image: str | Path | np.ndarray, channels: str = "bgr") -> np.ndarray:
     array = np.asarray(image)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ValueError(f"image of shape {array.shape}: expected HxW, HxWx3 or HxWx4")
+    if array.shape[0] == 0 or array.shape[1] == 0:  # the detector would divide by its longer side
+        raise ValueError(f"image of size {array.shape[1]}x{array.shape[0]} (width x height): no pixels to search")
     if array.dtype != np.uint8:
         array = _floats_to_uint8(array)
     if array.ndim == 3 and array.shape[2] == 1:

@@ -104,3 +104,28 @@ def test_one_2d_crop_is_one_answer_and_other_shapes_a_value_error_naming_them(re
     with pytest.raises(ValueError, match=r"crop 1 of shape \(0, 5\): expected"):
         rec.predict_faces([crop, np.zeros((0, 5), np.uint8)])
 
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 0), (0, 40, 3), (40, 0), (0, 0, 3, 0)])
+def test_an_image_without_pixels_is_a_value_error_naming_its_size(rec, shape) -> None:
+    """A 0x0 image used to end in a ZeroDivisionError inside the detector."""
+    for image in (np.zeros(shape, np.uint8), np.zeros(shape, np.float32)):
+        with pytest.raises(ValueError, match=r"image of (size \d+x\d+ \(width x height\): no pixels|shape)"):
+            rec.predict(image)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1, 3), (1, 500, 3), (500, 1), (2, 3)])
+def test_tiny_and_thin_images_give_no_face_and_no_error(rec, shape) -> None:
+    assert rec.predict(np.full(shape, 128, np.uint8)) == []
+
+
+def test_detectors_find_nothing_in_an_empty_frame() -> None:
+    from pipeline.inference.detectors import make_detector
+
+    for name in ("blazeface", "haar"):
+        try:
+            detector = make_detector(name)
+        except RuntimeError:  # an OpenCV without Haar cascades
+            continue
+        assert detector.detect(np.zeros((0, 0, 3), np.uint8)) == []
+        assert detector.detect(np.zeros((1, 1), np.uint8)) == []
