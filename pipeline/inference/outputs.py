@@ -57,6 +57,44 @@ def table_rows(index: int, time_s: float, faces: list[Face], probs: np.ndarray, 
     return rows
 
 
+FILE_OUTPUTS = ("json", "csv", "parquet", "video")  # output.<key> that name one file each
+
+
+def check_paths(cfg: Any, source: str) -> None:
+    """Refuse, with one line naming the file and the key, before any work: an output that would replace a
+    file the user has (unless output.overwrite=true) or the source itself, or two outputs on one file."""
+    seen: dict[Path, str] = {}
+    source_path = Path(source).resolve() if source and not source.isdigit() and "://" not in source else None
+    for key in FILE_OUTPUTS:
+        value = getattr(cfg, key)
+        if not value or (key == "json" and value == "-"):  # `-` is stdout, not a file
+            continue
+        path = Path(value)
+        if path.resolve() in seen:
+            raise RunError(f"{value}: named by both output.{seen[path.resolve()]} and output.{key}")
+        seen[path.resolve()] = key
+        if path.is_dir():
+            raise RunError(f"{value}: a folder (output.{key} takes a file name)")
+        if source_path is not None and path.resolve() == source_path:
+            raise RunError(f"{value}: is the source (output.{key} would replace it); write it elsewhere")
+        if path.exists() and not cfg.overwrite:
+            raise RunError(f"{value}: exists already (output.{key}); output.overwrite=true replaces it")
+
+
+def check_images(cfg: Any, names: list[str] | None) -> None:
+    """The annotated images must not replace files in output.images (unless output.overwrite=true):
+    `names` are the file names the run will write, None for a video or stream (frame_NNNNNN.jpg)."""
+    folder = Path(cfg.images) if cfg.images else None
+    if folder is None or cfg.overwrite or not folder.is_dir():
+        return
+    taken = [n for n in names if (folder / n).exists()] if names is not None else sorted(
+        p.name for p in folder.glob("frame_*.jpg"))
+    if taken:
+        more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+        raise RunError(f"{folder / taken[0]}{more}: exist already (output.images); output.overwrite=true "
+                       f"replaces them")
+
+
 def _partial(path: str) -> Path:
     return Path(path).with_name(f".partial-{Path(path).name}")
 

@@ -36,7 +36,7 @@ except ImportError:  # neither OpenCV extra installed: one line, not a traceback
 from pipeline.inference.classifier import ModelError
 from pipeline.inference.detectors import Face
 from pipeline.inference.media import CaptureSource, ImageSource, RunError, open_source
-from pipeline.inference.outputs import OutputFailed, Outputs, Stats
+from pipeline.inference.outputs import OutputFailed, Outputs, Stats, check_images, check_paths
 from pipeline.inference.recognizer import ExpressionRecognizer, default_tracking_uri
 from pipeline.inference.registry import redact
 
@@ -52,6 +52,7 @@ class OutputConfig:
     json: str | None = required()
     csv: str | None = required()
     parquet: str | None = required()
+    overwrite: bool = required()
 
 
 @dataclass
@@ -276,9 +277,15 @@ class FrameWork:
 
 def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
     """Open everything (each failure one line), then decode, detect, classify, draw and log until the source ends."""
+    check_paths(cfg.output, cfg.source)  # before the model loads: a refused output costs nothing
     rec = make_recognizer(cfg)
     print(f"model: {rec.why}", file=sys.stderr)
     source = open_source(cfg.source, cfg.timeout_s)
+    try:
+        check_images(cfg.output, [p.name for p in source.paths] if isinstance(source, ImageSource) else None)
+    except RunError:
+        source.close()
+        raise
     window = Window(cfg.display, still=isinstance(source, ImageSource))
     stats = Stats(model=rec.model.uri + (f" (version {rec.model.version})" if rec.model.version else ""))
     bar = _progress(cfg, _frames_expected(source, cfg.max_frames))
