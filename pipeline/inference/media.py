@@ -137,14 +137,14 @@ class Sink(threading.Thread):
     def open(self, frame: np.ndarray) -> None:
         """Open the outputs on the first frame (its size sizes the video), so failures are one line up front."""
         if self.video:
-            Path(self.video).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.video).parent.mkdir(exist_ok=True)  # its own folder only (outputs.check_paths)
             codec = "mp4v" if self.video.lower().endswith(".mp4") else "MJPG"
             self.size = (frame.shape[1], frame.shape[0])
             self.writer = cv2.VideoWriter(self.partial, cv2.VideoWriter_fourcc(*codec), self.fps, self.size)
             if not self.writer.isOpened():
                 raise RunError(f"{self.video}: OpenCV cannot write this video (try a .avi or .mp4 path)")
         if self.images:
-            self.images.mkdir(parents=True, exist_ok=True)
+            self.images.mkdir(exist_ok=True)
         self.start()
 
     def run(self) -> None:

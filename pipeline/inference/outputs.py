@@ -60,9 +60,23 @@ def table_rows(index: int, time_s: float, faces: list[Face], probs: np.ndarray, 
 FILE_OUTPUTS = ("json", "csv", "parquet", "video")  # output.<key> that name one file each
 
 
+def _own_folder(folder: Path, key: str, value: str) -> None:
+    """An output may create its own missing folder, never a chain of them: `/nonexistent/dir/x.csv` is a
+    typo to report, not a tree to make at the root of the disk."""
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise RunError(f"{value}: {folder} is a file, not a folder (output.{key})")
+    if not folder.parent.is_dir():
+        what = "is a file" if folder.parent.exists() else "does not exist"
+        raise RunError(f"{value}: the folder {folder.parent} {what} (output.{key} creates only its own folder, "
+                       f"{folder.name}/, inside an existing one)")
+
+
 def check_paths(cfg: Any, source: str) -> None:
     """Refuse, with one line naming the file and the key, before any work: an output that would replace a
-    file the user has (unless output.overwrite=true) or the source itself, or two outputs on one file."""
+    file the user has (unless output.overwrite=true) or the source itself, two outputs on one file, or a
+    path whose folders would have to be made more than one level deep. The folders are made when opened."""
     seen: dict[Path, str] = {}
     source_path = Path(source).resolve() if source and not source.isdigit() and "://" not in source else None
     for key in FILE_OUTPUTS:
@@ -79,6 +93,9 @@ def check_paths(cfg: Any, source: str) -> None:
             raise RunError(f"{value}: is the source (output.{key} would replace it); write it elsewhere")
         if path.exists() and not cfg.overwrite:
             raise RunError(f"{value}: exists already (output.{key}); output.overwrite=true replaces it")
+        _own_folder(path.parent, key, value)
+    if cfg.images:
+        _own_folder(Path(cfg.images), "images", cfg.images)
 
 
 def check_images(cfg: Any, names: list[str] | None) -> None:
@@ -139,7 +156,7 @@ class Outputs:
     def _open(self, path: str) -> TextIO:
         partial = _partial(path)
         try:
-            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.parent.mkdir(exist_ok=True)  # its own folder only (check_paths saw the parent exists)
             fh = open(partial, "w", newline="", buffering=1 << 16)  # noqa: SIM115 (closed in __exit__)
         except OSError as e:
             raise RunError(f"{path}: cannot write here ({e.strerror})") from None

@@ -7,11 +7,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import cv2
 import pytest
 
 from pipeline.inference.media import RunError
 from pipeline.inference.outputs import check_images, check_paths
 from pipeline.inference.realtime import load_config
+from tests.fixtures import videos as VIDEO
 from tests.inference.test_realtime import realtime
 
 
@@ -48,6 +50,19 @@ def test_two_outputs_on_one_file_the_source_or_a_folder_are_refused(tmp_path, ov
         check_paths(output(*(o.format(d=tmp_path) for o in overrides)), str(tmp_path / "clip.avi"))
 
 
+@pytest.mark.parametrize("key", ["json", "csv", "parquet", "video", "images"])
+def test_an_output_creates_only_its_own_folder(tmp_path, key) -> None:
+    name = "annotated" if key == "images" else f"new/x.{key}"  # the images' own folder is the output itself
+    check_paths(output(f"output.{key}={tmp_path / name}"), "clip.mp4")  # one missing level: fine
+    assert not (tmp_path / name.split("/")[0]).exists()  # made when the output opens, not by the check
+    deep = tmp_path / "nonexistent" / "dir" / name.split("/")[-1]
+    missing = deep.parent.parent if key != "images" else deep.parent
+    with pytest.raises(RunError, match=rf"^{re.escape(str(deep))}: the folder {re.escape(str(missing))} does not "
+                                       rf"exist \(output\.{key} creates only its own folder"):
+        check_paths(output(f"output.{key}={deep}"), "clip.mp4")
+    assert not (tmp_path / "nonexistent").exists()
+
+
 def test_images_never_replace_files_in_their_folder(tmp_path) -> None:
     folder = tmp_path / "annotated"
     folder.mkdir()
@@ -75,3 +90,17 @@ def test_a_run_onto_an_existing_csv_stops_with_one_line_and_keeps_the_file(clip,
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "faces.csv").read_text().startswith("file,frame,")
 
+
+def test_a_run_into_a_missing_folder_chain_creates_nothing(tiny_model, tmp_path) -> None:
+    cv2.imwrite(str(tmp_path / "face.png"), VIDEO.render(cv2.imread(str(VIDEO.PHOTO)), 320, 240, 120))
+    result = realtime(f"source={tmp_path / 'face.png'}", f"model={tiny_model}", "display=false",
+                      "output.csv=nonexistent/dir/x.csv", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: nonexistent/dir/x.csv: the folder nonexistent does not exist (output.csv creates only its own "
+        "folder, dir/, inside an existing one)"]
+    assert not (tmp_path / "nonexistent").exists()
+    result = realtime(f"source={tmp_path / 'face.png'}", f"model={tiny_model}", "display=false",
+                      "output.csv=dir/x.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "dir" / "x.csv").is_file()
