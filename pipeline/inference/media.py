@@ -9,12 +9,15 @@ much as detecting and classifying it, and a user's per-frame latency should not 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,23 +35,72 @@ class RunError(RuntimeError):
     """A source, output or detector that cannot be used; the message is the one line the user sees."""
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """libjpeg and libpng print warnings such as `Premature end of JPEG file` straight to file descriptor 2,
+    naming no file (OpenCV's log level does not reach them); our own line names the file instead. Only the
+    main thread decodes, and the sink thread never prints, so no line of ours is lost meanwhile."""
+    sys.stderr.flush()
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no stderr to silence
+        yield
+        return
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _cut_short(data: bytes) -> str | None:
+    """The format of an image file whose end is missing, or None. A JPEG ends with its end-of-image marker
+    (FFD9) after its last start-of-scan (FFDA; the marker cannot occur inside scan data), a PNG with its IEND
+    chunk. `cv2.imread` decodes a cut JPEG anyway, grey below the cut, so its faces would be made up."""
+    if data.startswith(b"\xff\xd8"):
+        return "JPEG" if data.rfind(b"\xff\xd9") < max(data.rfind(b"\xff\xda"), 2) else None
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None if b"IEND" in data[-64:] else "PNG"
+    return None
+
+
+def read_image(path: Path) -> tuple[np.ndarray | None, str]:
+    """(BGR image, "") or (None, why it cannot be used: the line the user sees after the file's name)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror})"
+    if not data:
+        return None, "empty file (0 bytes)"
+    if kind := _cut_short(data):
+        return None, f"truncated {kind} (the file ends before the image does)"
+    with _quiet_stderr():
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return (frame, "") if frame is not None else (None, "not a readable image")
+
+
 class ImageSource:
-    """One image or a folder of them; a file that does not decode is skipped and counted, not fatal."""
+    """One image or a folder of them; a file that does not decode (or is cut short) is skipped with one line
+    naming it, and counted by reason for the summary; it is not fatal."""
 
     live = False
 
     def __init__(self, paths: list[Path]) -> None:
         self.paths, self.index, self.skipped, self.fps = paths, 0, 0, 0.0
+        self.reasons: Counter[str] = Counter()
 
     def read(self) -> tuple[np.ndarray | None, str]:
         while self.index < len(self.paths):
             path = self.paths[self.index]
             self.index += 1
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            frame, why = read_image(path)
             if frame is not None:
                 return frame, path.name
             self.skipped += 1
-            print(f"note: {path}: not a readable image, skipped", file=sys.stderr)
+            self.reasons[why.split(" (")[0]] += 1
+            print(f"note: {path}: {why}, skipped", file=sys.stderr)
         return None, ""
 
     def close(self) -> None:
@@ -106,8 +158,9 @@ def _open_path(path: Path) -> ImageSource | CaptureSource:
     if not path.exists():
         raise RunError(f"{path}: no such file or folder (source takes a webcam index, a file, a folder or a URL)")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        if cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
-            raise RunError(f"{path}: not a readable image")
+        frame, why = read_image(path)
+        if frame is None:
+            raise RunError(f"{path}: {why}")
         return ImageSource([path])
     capture = cv2.VideoCapture(str(path))  # a video file, or a device such as /dev/video0
     if not capture.isOpened():

@@ -265,6 +265,7 @@ class Stats:
     faces: int = 0
     frames_without_face: int = 0
     skipped: int = 0
+    skip_reasons: Counter = field(default_factory=Counter)  # why images were skipped, for the summary
     seconds: float = 0.0
     steps_ns: list[tuple[int, ...]] = field(default_factory=list)  # one row per frame, in STEPS order
     write_ns: list[int] = field(default_factory=list)
@@ -292,6 +293,8 @@ class Stats:
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
         lines = [f"fer-realtime: {self.frames} frames, {self.faces} faces, {fps:.1f} frames/s (mean), "
                  f"{self.skipped} skipped; model {self.model}"]
+        if self.skip_reasons:
+            lines.append("  skipped: " + ", ".join(f"{n} {why}" for why, n in self.skip_reasons.most_common()))
         if self.faces:
             lines.append("  labels: " + ", ".join(f"{label} {n} ({n / self.faces:.0%})"
                                                   for label, n in self.labels.most_common()))

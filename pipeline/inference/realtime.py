@@ -315,6 +315,7 @@ def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
         source.close()
         window.close()
     stats.skipped, stats.write_ns = source.skipped, out.write_ns
+    stats.skip_reasons = getattr(source, "reasons", stats.skip_reasons)
     if out.error:
         removed = f"; removed {', '.join(out.empty)} (nothing usable in it)" if out.empty else ""
         raise RunError(f"{out.error} after {stats.frames} frames; the output written so far is kept{removed}")

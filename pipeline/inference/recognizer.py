@@ -26,6 +26,7 @@ try:
 except ImportError as e:  # neither OpenCV extra installed
     raise ImportError(OPENCV_MISSING) from e
 from pipeline.inference.detectors import Face, crop_face, make_detector
+from pipeline.inference.media import read_image
 from pipeline.inference.registry import ResolvedModel, resolve
 
 
@@ -54,9 +55,9 @@ def as_bgr(image: str | Path | np.ndarray, channels: str = "bgr") -> np.ndarray:
     Float arrays in 0-1 are scaled to 0-255.
     """
     if isinstance(image, str | Path):
-        decoded = cv2.imread(str(image), cv2.IMREAD_COLOR)
+        decoded, why = read_image(Path(image))  # a cut JPEG is refused, not decoded grey below the cut
         if decoded is None:
-            raise ValueError(f"{image}: not a readable image")
+            raise ValueError(f"{image}: {why}")
         return decoded
     array = np.asarray(image)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):

@@ -275,3 +275,35 @@ def test_help_lists_every_key_from_any_directory(tmp_path) -> None:
     assert result.returncode == 0 and result.stdout.startswith("usage:")
     for key in ("model:", "source:", "output:", "csv:", "parquet:", "progress:", "smoothing:", "detector"):
         assert key in result.stdout
+
+
+def test_truncated_images_in_a_folder_are_skipped_by_name_and_counted(tiny_model, tmp_path) -> None:
+    """`cv2.imread` decodes a cut JPEG anyway (grey below the cut) and libjpeg prints `Premature end of JPEG
+    file` naming no file: the cut images used to become rows with labels."""
+    photo = VIDEO.render(cv2.imread(str(VIDEO.PHOTO)), 320, 240, 150)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    jpeg, png = cv2.imencode(".jpg", photo)[1].tobytes(), cv2.imencode(".png", photo)[1].tobytes()
+    (folder / "a_whole.jpg").write_bytes(jpeg)
+    (folder / "b_cut.jpg").write_bytes(jpeg[: len(jpeg) * 2 // 3])
+    (folder / "c_cut_by_one_byte.jpg").write_bytes(jpeg[:-1])
+    (folder / "d_cut.png").write_bytes(png[: len(png) // 2])
+    (folder / "e_trailer.jpg").write_bytes(jpeg + b"\0" * 16)  # bytes after the end marker: a whole image
+    (folder / "f_empty.jpg").write_bytes(b"")
+    result = realtime(f"source={folder}", f"model={tiny_model}", "display=false", "output.csv=faces.csv",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Premature end" not in result.stderr and "libpng" not in result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {folder}/b_cut.jpg: truncated JPEG (the file ends before the image does), skipped",
+                     f"note: {folder}/c_cut_by_one_byte.jpg: truncated JPEG (the file ends before the image does), "
+                     "skipped",
+                     f"note: {folder}/d_cut.png: truncated PNG (the file ends before the image does), skipped",
+                     f"note: {folder}/f_empty.jpg: empty file (0 bytes), skipped"]
+    assert "fer-realtime: 2 frames, 2 faces" in result.stdout and "4 skipped" in result.stdout
+    assert "  skipped: 2 truncated JPEG, 1 truncated PNG, 1 empty file" in result.stdout
+    with open(tmp_path / "faces.csv", newline="") as fh:
+        assert [r["file"] for r in csv.DictReader(fh)] == ["a_whole.jpg", "e_trailer.jpg"]
+    single = realtime(f"source={folder / 'b_cut.jpg'}", f"model={tiny_model}", "display=false", cwd=tmp_path)
+    assert single.returncode == 1 and single.stderr.strip().splitlines()[-1] == (
+        f"error: {folder}/b_cut.jpg: truncated JPEG (the file ends before the image does)")

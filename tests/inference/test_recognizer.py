@@ -53,7 +53,7 @@ def test_an_image_without_a_face_gives_an_empty_list(rec) -> None:
     (np.zeros((10, 10, 5), np.uint8), r"shape \(10, 10, 5\): expected HxW, HxWx3 or HxWx4"),
     (np.full((10, 10), 300, np.int32), "dtype int32: expected uint8"),
     (np.full((10, 10), 2.0, np.float32), "floats in 0-1"),
-    (Path("no/such/photo.jpg"), r"no/such/photo.jpg: not a readable image"),
+    (Path("no/such/photo.jpg"), r"no/such/photo.jpg: cannot be read \(No such file or directory\)"),
 ])
 def test_unusable_images_are_a_value_error_naming_the_problem(rec, image, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -129,3 +129,10 @@ def test_detectors_find_nothing_in_an_empty_frame() -> None:
             continue
         assert detector.detect(np.zeros((0, 0, 3), np.uint8)) == []
         assert detector.detect(np.zeros((1, 1), np.uint8)) == []
+
+
+def test_a_truncated_jpeg_path_is_a_value_error_not_a_made_up_image(rec, tmp_path) -> None:
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(PHOTO.read_bytes()[:-300])
+    with pytest.raises(ValueError, match=r"cut\.jpg: truncated JPEG \(the file ends before the image does\)"):
+        rec.predict(cut)
