@@ -31,6 +31,10 @@ except ImportError as e:  # neither OpenCV extra installed
     raise ImportError(OPENCV_MISSING) from e
 
 
+# An animated GIF is read as its first frame, like a still image; the pipeline's own data reader does not take it.
+SOURCE_SUFFIXES = IMAGE_SUFFIXES | {".gif"}
+
+
 class RunError(RuntimeError):
     """A source, output or detector that cannot be used; the message is the one line the user sees."""
 
@@ -77,8 +81,25 @@ def read_image(path: Path) -> tuple[np.ndarray | None, str]:
     if kind := _cut_short(data):
         return None, f"truncated {kind} (the file ends before the image does)"
     with _quiet_stderr():
-        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return (frame, "") if frame is not None else (None, "not a readable image")
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # a GIF: its first frame
+        if frame is None and data.startswith(b"GIF8"):  # an OpenCV built without its GIF decoder: FFmpeg's
+            frame = _first_frame(path)
+    if frame is not None:
+        return frame, ""
+    if data.startswith(b"GIF8"):  # a GIF ends with its trailer byte ";"
+        if not data.endswith(b";"):
+            return None, "truncated GIF (the file ends before the image does)"
+        return None, f"not a readable GIF (damaged, or this OpenCV {cv2.__version__} cannot decode GIFs: convert it)"
+    return None, "not a readable image"
+
+
+def _first_frame(path: Path) -> np.ndarray | None:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        ok, frame = capture.read() if capture.isOpened() else (False, None)
+        return frame if ok else None
+    finally:
+        capture.release()
 
 
 class ImageSource:
@@ -149,15 +170,15 @@ def _open_path(path: Path) -> ImageSource | CaptureSource:
     """A folder of images, one image, or a video file / device."""
     if path.is_dir():
         try:
-            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in SOURCE_SUFFIXES and p.is_file())
         except OSError as e:
             raise RunError(f"{path}: folder not readable ({e.strerror})") from None
         if not images:
-            raise RunError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            raise RunError(f"{path}: no images ({', '.join(sorted(SOURCE_SUFFIXES))}) in this folder")
         return ImageSource(images)
     if not path.exists():
         raise RunError(f"{path}: no such file or folder (source takes a webcam index, a file, a folder or a URL)")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.suffix.lower() in SOURCE_SUFFIXES:
         frame, why = read_image(path)
         if frame is None:
             raise RunError(f"{path}: {why}")

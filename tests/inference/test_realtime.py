@@ -307,3 +307,24 @@ def test_truncated_images_in_a_folder_are_skipped_by_name_and_counted(tiny_model
     single = realtime(f"source={folder / 'b_cut.jpg'}", f"model={tiny_model}", "display=false", cwd=tmp_path)
     assert single.returncode == 1 and single.stderr.strip().splitlines()[-1] == (
         f"error: {folder}/b_cut.jpg: truncated JPEG (the file ends before the image does)")
+
+
+def test_an_animated_gif_in_a_folder_is_read_as_its_first_frame(tiny_model, tmp_path) -> None:
+    """A 2-frame GIF used to be left out of a folder source (and a lone one played as a video)."""
+    from PIL import Image
+
+    photo = VIDEO.render(cv2.imread(str(VIDEO.PHOTO)), 320, 240, 150)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    first, second = Image.fromarray(photo[:, :, ::-1]), Image.fromarray(np.full_like(photo, 90))
+    first.save(folder / "two_frames.gif", save_all=True, append_images=[second], duration=100, loop=0)
+    (folder / "cut.gif").write_bytes((folder / "two_frames.gif").read_bytes()[:20])
+    result = realtime(f"source={folder}", f"model={tiny_model}", "display=false", "output.json=-", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["image"] == "two_frames.gif" and len(record["faces"]) == 1  # the face of the first frame
+    assert f"note: {folder}/cut.gif: truncated GIF (the file ends before the image does), skipped" in result.stderr
+    assert "1 skipped" in result.stderr
+    single = realtime(f"source={folder / 'two_frames.gif'}", f"model={tiny_model}", "display=false",
+                      "output.json=-", cwd=tmp_path)
+    assert single.returncode == 0 and json.loads(single.stdout)["image"] == "two_frames.gif"
