@@ -83,6 +83,7 @@ class RealtimeConfig:
     display: bool = required()
     output: OutputConfig = field(default_factory=OutputConfig)
     progress: bool | None = required()
+    pace: bool | None = required()
     smoothing: float = bounded(ge=0.0, lt=1.0)
     min_face: int = bounded(ge=0)
     margin: float = bounded(ge=0.0, le=1.0)
@@ -235,6 +236,35 @@ def _progress(cfg: RealtimeConfig, total: int | None) -> Any:
     return tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
+# ---------------------------------------------------------------- pacing
+def paced(pace: bool | None, source: ImageSource | CaptureSource, window_open: bool) -> bool:
+    """Whether to hold a video file to its own frame rate: by default (pace=null) when it is shown in a window,
+    so a clip plays as recorded rather than at whatever rate the machine reaches; pace=true paces it headless
+    too, pace=false never. Webcams and streams already come at their own rate, images have none."""
+    if isinstance(source, ImageSource) or source.live or not source.fps:
+        return False
+    return window_open if pace is None else pace
+
+
+class Pacer:
+    """When each frame of a paced video is due: frame i at start + i / fps. A machine slower than the clip
+    plays it as fast as it can; after a stall (a dragged window) the clock restarts rather than racing to
+    catch up, so playback never runs faster than the clip's own rate."""
+
+    def __init__(self, fps: float) -> None:
+        self.period_ns, self.start_ns = 1e9 / fps, None
+
+    def wait_s(self, index: int, now_ns: int) -> float:
+        """Seconds to wait before showing frame `index` (0-based), at `now_ns` on a monotonic clock."""
+        if self.start_ns is None:
+            self.start_ns = now_ns
+        due = self.start_ns + index * self.period_ns
+        if now_ns > due + self.period_ns:  # more than a frame late: restart the schedule at this frame
+            self.start_ns = now_ns - index * self.period_ns
+            return 0.0
+        return max(0.0, (due - now_ns) / 1e9)
+
+
 # ---------------------------------------------------------------- the loop
 def frames(source: ImageSource | CaptureSource, max_frames: int, clock: Any) -> Iterator[tuple[np.ndarray, str, int]]:
     """(frame, name, decode nanoseconds) until the source ends or `max_frames` were read."""
@@ -291,6 +321,7 @@ def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
     bar = _progress(cfg, _frames_expected(source, cfg.max_frames))
     out = Outputs(cfg.output, rec.labels, source.fps, stdout)
     work, clock = FrameWork(rec, cfg.smoothing, drawing=window.open or out.stores_frames), time.perf_counter_ns
+    pacer = Pacer(source.fps) if paced(cfg.pace, source, window.open) else None
     start = clock()
     try:
         with out:
@@ -304,6 +335,8 @@ def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
                 stats.add(faces, probs, rec.labels, (decode_ns, detect_ns, classify_ns, draw_ns, log_ns))
                 if bar is not None:
                     bar.update(1)
+                if pacer is not None:
+                    time.sleep(pacer.wait_s(stats.frames - 1, clock()))
                 if window.open and not window.show(frame):
                     break
     except (KeyboardInterrupt, OutputFailed):

@@ -273,7 +273,8 @@ def test_the_model_line_says_which_model_runs_and_why(clip, tiny_model, tmp_path
 def test_help_lists_every_key_from_any_directory(tmp_path) -> None:
     result = realtime("--help", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("usage:")
-    for key in ("model:", "source:", "output:", "csv:", "parquet:", "progress:", "smoothing:", "detector"):
+    for key in ("model:", "source:", "output:", "csv:", "parquet:", "overwrite:", "progress:", "pace:", "smoothing:",
+                "detector"):
         assert key in result.stdout
 
 
@@ -328,3 +329,56 @@ def test_an_animated_gif_in_a_folder_is_read_as_its_first_frame(tiny_model, tmp_
     single = realtime(f"source={folder / 'two_frames.gif'}", f"model={tiny_model}", "display=false",
                       "output.json=-", cwd=tmp_path)
     assert single.returncode == 0 and json.loads(single.stdout)["image"] == "two_frames.gif"
+
+
+class _Capture:
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+
+    def get(self, prop: int) -> float:
+        return self.fps
+
+
+@pytest.mark.parametrize(("pace", "kind", "window", "expected"), [
+    (None, "file", True, True),  # a clip in a window plays at its own rate by default
+    (None, "file", False, False),  # headless: as fast as the machine goes
+    (False, "file", True, False),  # asked to run flat out
+    (True, "file", False, True),  # asked to pace headless too
+    (None, "webcam", True, False), (True, "stream", True, False),  # live sources come at their own rate
+    (None, "images", True, False), (True, "file without fps", True, False),
+])
+def test_which_sources_are_paced(pace, kind, window, expected) -> None:
+    from pipeline.inference.media import CaptureSource, ImageSource
+    from pipeline.inference.realtime import paced
+
+    source = (ImageSource([Path("a.jpg")]) if kind == "images" else
+              CaptureSource(_Capture(0.0 if kind == "file without fps" else 25.0), live=kind in ("webcam", "stream")))
+    assert paced(pace, source, window) is expected
+
+
+def test_the_pacer_holds_frames_to_the_clips_rate_and_never_races_to_catch_up() -> None:
+    from pipeline.inference.realtime import Pacer
+
+    pacer, ms = Pacer(25.0), 1_000_000  # a frame every 40 ms
+    assert pacer.wait_s(0, 1000 * ms) == 0.0  # the first frame starts the clock
+    assert pacer.wait_s(1, 1010 * ms) == pytest.approx(0.030)  # done in 10 ms: wait the other 30
+    assert pacer.wait_s(2, 1080 * ms) == 0.0  # exactly due
+    assert pacer.wait_s(3, 1125 * ms) == 0.0  # 5 ms late: shown at once, the schedule kept
+    assert pacer.wait_s(4, 1150 * ms) == pytest.approx(0.010)  # back on schedule
+    assert pacer.wait_s(5, 2000 * ms) == 0.0  # a stall (window dragged): no burst of frames afterwards,
+    assert pacer.wait_s(6, 2001 * ms) == pytest.approx(0.039)  # the clock restarts at the late frame
+
+
+def test_a_paced_run_waits_before_each_frame(clip, tiny_model, monkeypatch) -> None:
+    """The loop asks the pacer before each frame (pace=true headless here: no window in a test)."""
+    from pipeline.inference import realtime as module
+
+    waits: list[float] = []
+    monkeypatch.setattr(module.time, "sleep", waits.append)
+    cfg = load_config([f"source={clip[0]}", f"model={tiny_model}", "display=false", "max_frames=5", "pace=true"])
+    assert module.run(cfg).frames == 5
+    # the sleeps are stubbed, so the clock barely moves: frame i waits until i/30 s (the clip's rate) after the first
+    assert len(waits) == 5 and waits[-1] > 0 and all(0 <= w <= i / 30 + 1e-9 for i, w in enumerate(waits))
+    waits.clear()
+    module.run(load_config([f"source={clip[0]}", f"model={tiny_model}", "display=false", "max_frames=5"]))
+    assert waits == []  # headless by default: flat out
