@@ -15,7 +15,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.inference.contract import FRAMING_MARGIN, OPENCV_MISSING
+try:
+    from pipeline.inference.contract import FRAMING_MARGIN, OPENCV_MISSING
+except ImportError:  # the copy inside a registered model (serving.py), loaded outside this project
+    from contract import FRAMING_MARGIN, OPENCV_MISSING  # type: ignore[no-redef]
 
 try:
     import cv2

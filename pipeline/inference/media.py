@@ -9,7 +9,6 @@ much as detecting and classifying it, and a user's per-frame latency should not 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import queue
@@ -17,12 +16,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.inference.contract import IMAGE_SUFFIXES, OPENCV_MISSING
+from pipeline.inference.images import decode, quiet_stderr
 from pipeline.inference.registry import redact
 
 try:
@@ -39,58 +38,19 @@ class RunError(RuntimeError):
     """A source, output or detector that cannot be used; the message is the one line the user sees."""
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """libjpeg and libpng print warnings such as `Premature end of JPEG file` straight to file descriptor 2,
-    naming no file (OpenCV's log level does not reach them); our own line names the file instead. Only the
-    main thread decodes, and the sink thread never prints, so no line of ours is lost meanwhile."""
-    sys.stderr.flush()
-    try:
-        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    except OSError:  # no stderr to silence
-        yield
-        return
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _cut_short(data: bytes) -> str | None:
-    """The format of an image file whose end is missing, or None. A JPEG ends with its end-of-image marker
-    (FFD9) after its last start-of-scan (FFDA; the marker cannot occur inside scan data), a PNG with its IEND
-    chunk. `cv2.imread` decodes a cut JPEG anyway, grey below the cut, so its faces would be made up."""
-    if data.startswith(b"\xff\xd8"):
-        return "JPEG" if data.rfind(b"\xff\xd9") < max(data.rfind(b"\xff\xda"), 2) else None
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None if b"IEND" in data[-64:] else "PNG"
-    return None
-
-
 def read_image(path: Path) -> tuple[np.ndarray | None, str]:
     """(BGR image, "") or (None, why it cannot be used: the line the user sees after the file's name)."""
     try:
         data = path.read_bytes()
     except OSError as e:
         return None, f"cannot be read ({e.strerror})"
-    if not data:
-        return None, "empty file (0 bytes)"
-    if kind := _cut_short(data):
-        return None, f"truncated {kind} (the file ends before the image does)"
-    with _quiet_stderr():
-        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # a GIF: its first frame
-        if frame is None and data.startswith(b"GIF8"):  # an OpenCV built without its GIF decoder: FFmpeg's
+    frame, why = decode(data)
+    if frame is None and why.startswith("not a readable GIF"):  # an OpenCV without its GIF decoder: FFmpeg's
+        with quiet_stderr():
             frame = _first_frame(path)
-    if frame is not None:
-        return frame, ""
-    if data.startswith(b"GIF8"):  # a GIF ends with its trailer byte ";"
-        if not data.endswith(b";"):
-            return None, "truncated GIF (the file ends before the image does)"
-        return None, f"not a readable GIF (damaged, or this OpenCV {cv2.__version__} cannot decode GIFs: convert it)"
-    return None, "not a readable image"
+        if frame is not None:
+            return frame, ""
+    return frame, why
 
 
 def _first_frame(path: Path) -> np.ndarray | None:
