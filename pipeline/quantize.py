@@ -13,11 +13,8 @@ straight in. The registered name comes from the data `prepare` actually read (it
 
 from __future__ import annotations
 
-import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
-from importlib.metadata import version as package_version
 from pathlib import Path
 
 import keras
@@ -28,14 +25,11 @@ import tensorflow as tf
 from pipeline import artifacts, cli, tracking
 from pipeline.config import QuantizeConfig, Variant, ViewsConfig, load_params
 from pipeline.files import atomic_path, write_json
-from pipeline.inference import classifier
 from pipeline.inference.classifier import TFLiteClassifier
-from pipeline.inference.contract import CLASSES, LABELS_FILE, MODEL_FILE, Family, Tag, registered_name
-from pipeline.inference.registry import sha256_of
+from pipeline.inference.contract import CLASSES, Family, Tag, registered_name
+from pipeline.inference.registry import log_pyfunc, sha256_of
 from pipeline.models import count_macs, with_views
 from pipeline.prepared import PreparedReport, load_split, read_report
-
-SERVING_CODE = Path(classifier.__file__).with_name("serving.py")  # logged as code: no pickle
 
 
 def representative(x: np.ndarray, n: int) -> Iterator[list[np.ndarray]]:
@@ -85,31 +79,12 @@ def register(path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -
 
     A version whose .tflite has the same sha256 is returned instead of registering a duplicate.
     """
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
     client = mlflow.MlflowClient()
     same = [v for v in client.search_model_versions(f"name = '{name}'")
             if v.tags.get(Tag.tflite_sha256) == tags[Tag.tflite_sha256]]
     if same:
         return str(min(int(v.version) for v in same)), False
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 48, 48), "faces")]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(CLASSES)), "scores")]))
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # MLflow suggests type hints that would make it validate inputs by a schema we give explicitly
-        # (`predict` is hinted `np.ndarray`, which MLflow infers no schema from; see serving.py).
-        warnings.filterwarnings("ignore", message=".*[Tt]ype hint.*")
-        # Fixed artifact names, so the runner can fetch exactly these two files.
-        shutil.copy(path, Path(tmp) / MODEL_FILE)
-        shutil.copy(path.with_name(LABELS_FILE), Path(tmp) / LABELS_FILE)
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(SERVING_CODE), code_paths=[classifier.__file__],
-            artifacts={"tflite": str(Path(tmp) / MODEL_FILE), "labels": str(Path(tmp) / LABELS_FILE)},
-            signature=signature, input_example=example,
-            pip_requirements=[f"ai-edge-litert=={package_version('ai-edge-litert')}",
-                              f"numpy=={package_version('numpy')}"],
-            registered_model_name=name,
-        )
+    info = log_pyfunc(path, name, example)  # the pyfunc, its code and the detector: inference/registry.py
     version = str(info.registered_model_version)
     tracking.set_version_tags(name, version, tags)
     return version, True

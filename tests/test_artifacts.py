@@ -18,8 +18,10 @@ STAGES = DVC["stages"]
 # record), the entry-point wrapper (--help, Ctrl-C) and the lazy names of the runner's package (its __init__
 # has no module-level imports). What only they import is not followed either.
 NOT_SHAPING = {"pipeline/tracking.py", "pipeline/record.py", "pipeline/cli.py", "pipeline/inference/__init__.py"}
-# Code a stage reads as a file rather than imports: the pyfunc that quantize logs into each registered model.
-READ_AS_FILES = {"quantize": {"pipeline/inference/serving.py"}}
+# Code a stage reads as a file rather than imports: the pyfunc that quantize logs into each registered model,
+# and the modules that travel in its code/ folder.
+READ_AS_FILES = {"quantize": {"pipeline/inference/serving.py", "pipeline/inference/detectors.py",
+                              "pipeline/inference/images.py"}}
 
 
 def declared(stage: str, section: str) -> set[str]:

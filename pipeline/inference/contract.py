@@ -23,6 +23,7 @@ CHAMPION = "champion"  # the alias promotion moves and the runner follows
 # Each side of a detected face box is widened by this share before the 48x48 crop, so that the crop frames a face
 # as FER2013 does (chosen on validation faces by benchmarks/framing.py; reports/framing.md).
 FRAMING_MARGIN = 0.05
+MIN_FACE = 32  # pixels: narrower detector boxes are skipped by default (mostly false detections, or too blurred)
 OPENCV_MISSING = ("OpenCV is not installed: pip install 'fer-pipeline[headless]' (no window) or "
                   "'fer-pipeline[gui]' (a preview window), one of the two: OpenCV's wheels must not be mixed")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})

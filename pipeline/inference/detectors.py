@@ -15,8 +15,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.inference.contract import FRAMING_MARGIN, OPENCV_MISSING
-from pipeline.inference.detector_config import DETECTORS, BlazeFaceConfig, HaarConfig
+try:
+    from pipeline.inference.contract import FRAMING_MARGIN, OPENCV_MISSING
+except ImportError:  # the copy inside a registered model (serving.py), loaded outside this project
+    from contract import FRAMING_MARGIN, OPENCV_MISSING  # type: ignore[no-redef]
 
 try:
     import cv2
@@ -180,6 +182,8 @@ class BlazeFaceDetector:
         tiles at 2x see it twice as large (86 %), at 3x three times (88 %). The cost falls on frames that
         find nothing: 6 more passes at 2x, 20 more at 3x for a 640x480 frame (benchmarks/framing.py).
         """
+        if 0 in frame.shape[:2]:  # no pixels, no face (and the letterbox would divide by zero)
+            return []
         boxes, scores = self._candidates(frame)
         for factor in self._tiles:
             if len(scores):
@@ -235,6 +239,8 @@ class HaarDetector:
         }
 
     def detect(self, frame: np.ndarray) -> list[Face]:
+        if 0 in frame.shape[:2]:
+            return []
         boxes = self._cascade.detectMultiScale(_to_gray(frame), **self._options)
         height, width = frame.shape[:2]
         # The cascade gives no calibrated confidence, so every accepted box scores 1.0.
@@ -244,6 +250,8 @@ class HaarDetector:
 
 def make_detector(name: str, **options: Any) -> FaceDetector:
     """Build a detector from its registry name (detector_config.DETECTORS) and that schema's options."""
+    from pipeline.inference.detector_config import DETECTORS, BlazeFaceConfig, HaarConfig  # not in a served copy
+
     if name not in DETECTORS:
         raise ValueError(f"unknown face detector {name!r}; choose one of: {', '.join(DETECTORS)}")
     builder = {BlazeFaceConfig: BlazeFaceDetector, HaarConfig: HaarDetector}[DETECTORS[name]]

@@ -15,11 +15,13 @@ import queue
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.inference.contract import IMAGE_SUFFIXES, OPENCV_MISSING
+from pipeline.inference.images import decode, quiet_stderr
 from pipeline.inference.registry import redact
 
 try:
@@ -28,27 +30,58 @@ except ImportError as e:  # neither OpenCV extra installed
     raise ImportError(OPENCV_MISSING) from e
 
 
+# An animated GIF is read as its first frame, like a still image; the pipeline's own data reader does not take it.
+SOURCE_SUFFIXES = IMAGE_SUFFIXES | {".gif"}
+
+
 class RunError(RuntimeError):
     """A source, output or detector that cannot be used; the message is the one line the user sees."""
 
 
+def read_image(path: Path) -> tuple[np.ndarray | None, str]:
+    """(BGR image, "") or (None, why it cannot be used: the line the user sees after the file's name)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror})"
+    frame, why = decode(data)
+    if frame is None and why.startswith("not a readable GIF"):  # an OpenCV without its GIF decoder: FFmpeg's
+        with quiet_stderr():
+            frame = _first_frame(path)
+        if frame is not None:
+            return frame, ""
+    return frame, why
+
+
+def _first_frame(path: Path) -> np.ndarray | None:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        ok, frame = capture.read() if capture.isOpened() else (False, None)
+        return frame if ok else None
+    finally:
+        capture.release()
+
+
 class ImageSource:
-    """One image or a folder of them; a file that does not decode is skipped and counted, not fatal."""
+    """One image or a folder of them; a file that does not decode (or is cut short) is skipped with one line
+    naming it, and counted by reason for the summary; it is not fatal."""
 
     live = False
 
     def __init__(self, paths: list[Path]) -> None:
         self.paths, self.index, self.skipped, self.fps = paths, 0, 0, 0.0
+        self.reasons: Counter[str] = Counter()
 
     def read(self) -> tuple[np.ndarray | None, str]:
         while self.index < len(self.paths):
             path = self.paths[self.index]
             self.index += 1
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            frame, why = read_image(path)
             if frame is not None:
                 return frame, path.name
             self.skipped += 1
-            print(f"note: {path}: not a readable image, skipped", file=sys.stderr)
+            self.reasons[why.split(" (")[0]] += 1
+            print(f"note: {path}: {why}, skipped", file=sys.stderr)
         return None, ""
 
     def close(self) -> None:
@@ -97,17 +130,18 @@ def _open_path(path: Path) -> ImageSource | CaptureSource:
     """A folder of images, one image, or a video file / device."""
     if path.is_dir():
         try:
-            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in SOURCE_SUFFIXES and p.is_file())
         except OSError as e:
             raise RunError(f"{path}: folder not readable ({e.strerror})") from None
         if not images:
-            raise RunError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            raise RunError(f"{path}: no images ({', '.join(sorted(SOURCE_SUFFIXES))}) in this folder")
         return ImageSource(images)
     if not path.exists():
         raise RunError(f"{path}: no such file or folder (source takes a webcam index, a file, a folder or a URL)")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        if cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
-            raise RunError(f"{path}: not a readable image")
+    if path.suffix.lower() in SOURCE_SUFFIXES:
+        frame, why = read_image(path)
+        if frame is None:
+            raise RunError(f"{path}: {why}")
         return ImageSource([path])
     capture = cv2.VideoCapture(str(path))  # a video file, or a device such as /dev/video0
     if not capture.isOpened():
@@ -137,14 +171,14 @@ class Sink(threading.Thread):
     def open(self, frame: np.ndarray) -> None:
         """Open the outputs on the first frame (its size sizes the video), so failures are one line up front."""
         if self.video:
-            Path(self.video).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.video).parent.mkdir(exist_ok=True)  # its own folder only (outputs.check_paths)
             codec = "mp4v" if self.video.lower().endswith(".mp4") else "MJPG"
             self.size = (frame.shape[1], frame.shape[0])
             self.writer = cv2.VideoWriter(self.partial, cv2.VideoWriter_fourcc(*codec), self.fps, self.size)
             if not self.writer.isOpened():
                 raise RunError(f"{self.video}: OpenCV cannot write this video (try a .avi or .mp4 path)")
         if self.images:
-            self.images.mkdir(parents=True, exist_ok=True)
+            self.images.mkdir(exist_ok=True)
         self.start()
 
     def run(self) -> None:

@@ -57,6 +57,61 @@ def table_rows(index: int, time_s: float, faces: list[Face], probs: np.ndarray, 
     return rows
 
 
+FILE_OUTPUTS = ("json", "csv", "parquet", "video")  # output.<key> that name one file each
+
+
+def _own_folder(folder: Path, key: str, value: str) -> None:
+    """An output may create its own missing folder, never a chain of them: `/nonexistent/dir/x.csv` is a
+    typo to report, not a tree to make at the root of the disk."""
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise RunError(f"{value}: {folder} is a file, not a folder (output.{key})")
+    if not folder.parent.is_dir():
+        what = "is a file" if folder.parent.exists() else "does not exist"
+        raise RunError(f"{value}: the folder {folder.parent} {what} (output.{key} creates only its own folder, "
+                       f"{folder.name}/, inside an existing one)")
+
+
+def check_paths(cfg: Any, source: str) -> None:
+    """Refuse, with one line naming the file and the key, before any work: an output that would replace a
+    file the user has (unless output.overwrite=true) or the source itself, two outputs on one file, or a
+    path whose folders would have to be made more than one level deep. The folders are made when opened."""
+    seen: dict[Path, str] = {}
+    source_path = Path(source).resolve() if source and not source.isdigit() and "://" not in source else None
+    for key in FILE_OUTPUTS:
+        value = getattr(cfg, key)
+        if not value or (key == "json" and value == "-"):  # `-` is stdout, not a file
+            continue
+        path = Path(value)
+        if path.resolve() in seen:
+            raise RunError(f"{value}: named by both output.{seen[path.resolve()]} and output.{key}")
+        seen[path.resolve()] = key
+        if path.is_dir():
+            raise RunError(f"{value}: a folder (output.{key} takes a file name)")
+        if source_path is not None and path.resolve() == source_path:
+            raise RunError(f"{value}: is the source (output.{key} would replace it); write it elsewhere")
+        if path.exists() and not cfg.overwrite:
+            raise RunError(f"{value}: exists already (output.{key}); output.overwrite=true replaces it")
+        _own_folder(path.parent, key, value)
+    if cfg.images:
+        _own_folder(Path(cfg.images), "images", cfg.images)
+
+
+def check_images(cfg: Any, names: list[str] | None) -> None:
+    """The annotated images must not replace files in output.images (unless output.overwrite=true):
+    `names` are the file names the run will write, None for a video or stream (frame_NNNNNN.jpg)."""
+    folder = Path(cfg.images) if cfg.images else None
+    if folder is None or cfg.overwrite or not folder.is_dir():
+        return
+    taken = [n for n in names if (folder / n).exists()] if names is not None else sorted(
+        p.name for p in folder.glob("frame_*.jpg"))
+    if taken:
+        more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+        raise RunError(f"{folder / taken[0]}{more}: exist already (output.images); output.overwrite=true "
+                       f"replaces them")
+
+
 def _partial(path: str) -> Path:
     return Path(path).with_name(f".partial-{Path(path).name}")
 
@@ -101,7 +156,7 @@ class Outputs:
     def _open(self, path: str) -> TextIO:
         partial = _partial(path)
         try:
-            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.parent.mkdir(exist_ok=True)  # its own folder only (check_paths saw the parent exists)
             fh = open(partial, "w", newline="", buffering=1 << 16)  # noqa: SIM115 (closed in __exit__)
         except OSError as e:
             raise RunError(f"{path}: cannot write here ({e.strerror})") from None
@@ -210,6 +265,7 @@ class Stats:
     faces: int = 0
     frames_without_face: int = 0
     skipped: int = 0
+    skip_reasons: Counter = field(default_factory=Counter)  # why images were skipped, for the summary
     seconds: float = 0.0
     steps_ns: list[tuple[int, ...]] = field(default_factory=list)  # one row per frame, in STEPS order
     write_ns: list[int] = field(default_factory=list)
@@ -237,6 +293,8 @@ class Stats:
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
         lines = [f"fer-realtime: {self.frames} frames, {self.faces} faces, {fps:.1f} frames/s (mean), "
                  f"{self.skipped} skipped; model {self.model}"]
+        if self.skip_reasons:
+            lines.append("  skipped: " + ", ".join(f"{n} {why}" for why, n in self.skip_reasons.most_common()))
         if self.faces:
             lines.append("  labels: " + ", ".join(f"{label} {n} ({n / self.faces:.0%})"
                                                   for label, n in self.labels.most_common()))

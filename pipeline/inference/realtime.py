@@ -36,7 +36,7 @@ from pipeline.inference.classifier import ModelError
 from pipeline.inference.detector_config import DETECTORS
 from pipeline.inference.detectors import Face
 from pipeline.inference.media import CaptureSource, ImageSource, RunError, open_source
-from pipeline.inference.outputs import OutputFailed, Outputs, Stats
+from pipeline.inference.outputs import OutputFailed, Outputs, Stats, check_images, check_paths
 from pipeline.inference.recognizer import ExpressionRecognizer
 from pipeline.inference.registry import redact
 from pipeline.inference.schema import ConfigError, bounded, required, validate_section
@@ -53,6 +53,7 @@ class OutputConfig:
     json: str | None = required()
     csv: str | None = required()
     parquet: str | None = required()
+    overwrite: bool = required()
 
 
 @dataclass
@@ -64,6 +65,7 @@ class RealtimeConfig:
     display: bool = required()
     output: OutputConfig = field(default_factory=OutputConfig)
     progress: bool | None = required()
+    pace: bool | None = required()
     smoothing: float = bounded(ge=0.0, lt=1.0)
     min_face: int = bounded(ge=0)
     margin: float = bounded(ge=0.0, le=1.0)
@@ -214,6 +216,35 @@ def _progress(cfg: RealtimeConfig, total: int | None) -> Any:
     return tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
+# ---------------------------------------------------------------- pacing
+def paced(pace: bool | None, source: ImageSource | CaptureSource, window_open: bool) -> bool:
+    """Whether to hold a video file to its own frame rate: by default (pace=null) when it is shown in a window,
+    so a clip plays as recorded rather than at whatever rate the machine reaches; pace=true paces it headless
+    too, pace=false never. Webcams and streams already come at their own rate, images have none."""
+    if isinstance(source, ImageSource) or source.live or not source.fps:
+        return False
+    return window_open if pace is None else pace
+
+
+class Pacer:
+    """When each frame of a paced video is due: frame i at start + i / fps. A machine slower than the clip
+    plays it as fast as it can; after a stall (a dragged window) the clock restarts rather than racing to
+    catch up, so playback never runs faster than the clip's own rate."""
+
+    def __init__(self, fps: float) -> None:
+        self.period_ns, self.start_ns = 1e9 / fps, None
+
+    def wait_s(self, index: int, now_ns: int) -> float:
+        """Seconds to wait before showing frame `index` (0-based), at `now_ns` on a monotonic clock."""
+        if self.start_ns is None:
+            self.start_ns = now_ns
+        due = self.start_ns + index * self.period_ns
+        if now_ns > due + self.period_ns:  # more than a frame late: restart the schedule at this frame
+            self.start_ns = now_ns - index * self.period_ns
+            return 0.0
+        return max(0.0, (due - now_ns) / 1e9)
+
+
 # ---------------------------------------------------------------- the loop
 def frames(source: ImageSource | CaptureSource, max_frames: int, clock: Any) -> Iterator[tuple[np.ndarray, str, int]]:
     """(frame, name, decode nanoseconds) until the source ends or `max_frames` were read."""
@@ -256,14 +287,21 @@ class FrameWork:
 
 def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
     """Open everything (each failure one line), then decode, detect, classify, draw and log until the source ends."""
+    check_paths(cfg.output, cfg.source)  # before the model loads: a refused output costs nothing
     rec = make_recognizer(cfg)
     print(f"model: {rec.why}", file=sys.stderr)
     source = open_source(cfg.source, cfg.timeout_s)
+    try:
+        check_images(cfg.output, [p.name for p in source.paths] if isinstance(source, ImageSource) else None)
+    except RunError:
+        source.close()
+        raise
     window = Window(cfg.display, still=isinstance(source, ImageSource))
     stats = Stats(model=rec.model.uri + (f" (version {rec.model.version})" if rec.model.version else ""))
     bar = _progress(cfg, _frames_expected(source, cfg.max_frames))
     out = Outputs(cfg.output, rec.labels, source.fps, stdout)
     work, clock = FrameWork(rec, cfg.smoothing, drawing=window.open or out.stores_frames), time.perf_counter_ns
+    pacer = Pacer(source.fps) if paced(cfg.pace, source, window.open) else None
     start = clock()
     try:
         with out:
@@ -277,6 +315,8 @@ def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
                 stats.add(faces, probs, rec.labels, (decode_ns, detect_ns, classify_ns, draw_ns, log_ns))
                 if bar is not None:
                     bar.update(1)
+                if pacer is not None:
+                    time.sleep(pacer.wait_s(stats.frames - 1, clock()))
                 if window.open and not window.show(frame):
                     break
     except (KeyboardInterrupt, OutputFailed):
@@ -288,6 +328,7 @@ def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
         source.close()
         window.close()
     stats.skipped, stats.write_ns = source.skipped, out.write_ns
+    stats.skip_reasons = getattr(source, "reasons", stats.skip_reasons)
     if out.error:
         removed = f"; removed {', '.join(out.empty)} (nothing usable in it)" if out.empty else ""
         raise RunError(f"{out.error} after {stats.frames} frames; the output written so far is kept{removed}")

@@ -26,6 +26,7 @@ from pipeline.inference.classifier import ModelError, read_labels_file
 from pipeline.inference.contract import (
     CHAMPION,
     LABELS_FILE,
+    MIN_FACE,
     MODEL_FILE,
     Family,
     Tag,
@@ -343,3 +344,56 @@ def promote(client: Any, name: str, version: str, metric: str, value: float, tes
         decision.update(promoted=promote_it, reason=reason,
                         champion=str(version) if promote_it else (str(champion.version) if champion else None))
         return decision
+
+
+# What a registered version carries besides its .tflite and labels.json: the pyfunc (logged as code) and the
+# files it imports, copied into the model's code/ folder so the model also loads outside this project.
+SERVING_MODULE = Path(__file__).with_name("serving.py")
+SERVING_CODE = tuple(Path(__file__).with_name(f"{m}.py") for m in ("classifier", "contract", "detectors", "images"))
+DETECTOR_FILE = Path(__file__).parent / "assets" / "face_detection_short_range.tflite"  # = detectors.DEFAULT_MODEL
+
+
+def _requirement(*distributions: str) -> str:
+    """`name==version` of the first of `distributions` installed (OpenCV comes as one of two wheels)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in distributions:
+        try:
+            return f"{name}=={version(name)}"
+        except PackageNotFoundError:
+            continue
+    return distributions[0]
+
+
+def log_pyfunc(tflite: Path, registered_model_name: str, input_example: Any = None) -> Any:
+    """Log `tflite` and its labels.json as an MLflow pyfunc (serving.py) and register it; MLflow's ModelInfo.
+
+    The version serves 48x48 crops and whole images (BlazeFace travels with it), with ai-edge-litert, NumPy
+    and OpenCV: no TensorFlow. Its signature declares no input schema (only the `min_face` parameter): the
+    model takes two forms of input and checks them itself, so a bad request gets a short 400 rather than
+    MLflow's schema error with the request in it. Fixed artifact names, so the runner can fetch exactly the
+    .tflite and labels.json.
+    """
+    import shutil
+    import tempfile
+    import warnings
+
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import DataType, ParamSchema, ParamSpec
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # MLflow suggests type hints to validate inputs by; serving.py checks its two input forms itself
+        warnings.filterwarnings("ignore", message=".*[Tt]ype hint.*")
+        shutil.copy(tflite, Path(tmp) / MODEL_FILE)
+        shutil.copy(Path(tflite).with_name(LABELS_FILE), Path(tmp) / LABELS_FILE)
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=str(SERVING_MODULE), code_paths=[str(p) for p in SERVING_CODE],
+            artifacts={"tflite": str(Path(tmp) / MODEL_FILE), "labels": str(Path(tmp) / LABELS_FILE),
+                       "detector": str(DETECTOR_FILE)},
+            signature=ModelSignature(params=ParamSchema([ParamSpec("min_face", DataType.long, MIN_FACE)])),
+            input_example=input_example,
+            pip_requirements=[_requirement("ai-edge-litert"), _requirement("numpy"),
+                              _requirement("opencv-python-headless", "opencv-python")],
+            registered_model_name=registered_model_name,
+        )

@@ -12,8 +12,8 @@ MODULES = sorted(p.stem for p in INFERENCE.glob("*.py") if p.stem != "__init__")
 
 
 def test_every_module_is_listed() -> None:
-    assert {"classifier", "contract", "detectors", "media", "outputs", "realtime", "recognizer", "registry",
-            "serving"} <= set(MODULES)
+    assert {"classifier", "contract", "detectors", "images", "media", "outputs", "realtime", "recognizer",
+            "registry", "serving"} <= set(MODULES)
 
 
 def test_importing_every_module_loads_no_tensorflow() -> None:

@@ -273,5 +273,112 @@ def test_the_model_line_says_which_model_runs_and_why(clip, tiny_model, tmp_path
 def test_help_lists_every_key_from_any_directory(tmp_path) -> None:
     result = realtime("--help", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("usage:")
-    for key in ("model:", "source:", "output:", "csv:", "parquet:", "progress:", "smoothing:", "detector"):
+    for key in ("model:", "source:", "output:", "csv:", "parquet:", "overwrite:", "progress:", "pace:", "smoothing:",
+                "detector"):
         assert key in result.stdout
+
+
+def test_truncated_images_in_a_folder_are_skipped_by_name_and_counted(tiny_model, tmp_path) -> None:
+    """`cv2.imread` decodes a cut JPEG anyway (grey below the cut) and libjpeg prints `Premature end of JPEG
+    file` naming no file: the cut images used to become rows with labels."""
+    photo = VIDEO.render(cv2.imread(str(VIDEO.PHOTO)), 320, 240, 150)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    jpeg, png = cv2.imencode(".jpg", photo)[1].tobytes(), cv2.imencode(".png", photo)[1].tobytes()
+    (folder / "a_whole.jpg").write_bytes(jpeg)
+    (folder / "b_cut.jpg").write_bytes(jpeg[: len(jpeg) * 2 // 3])
+    (folder / "c_cut_by_one_byte.jpg").write_bytes(jpeg[:-1])
+    (folder / "d_cut.png").write_bytes(png[: len(png) // 2])
+    (folder / "e_trailer.jpg").write_bytes(jpeg + b"\0" * 16)  # bytes after the end marker: a whole image
+    (folder / "f_empty.jpg").write_bytes(b"")
+    result = realtime(f"source={folder}", f"model={tiny_model}", "display=false", "output.csv=faces.csv",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Premature end" not in result.stderr and "libpng" not in result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {folder}/b_cut.jpg: truncated JPEG (the file ends before the image does), skipped",
+                     f"note: {folder}/c_cut_by_one_byte.jpg: truncated JPEG (the file ends before the image does), "
+                     "skipped",
+                     f"note: {folder}/d_cut.png: truncated PNG (the file ends before the image does), skipped",
+                     f"note: {folder}/f_empty.jpg: empty file (0 bytes), skipped"]
+    assert "fer-realtime: 2 frames, 2 faces" in result.stdout and "4 skipped" in result.stdout
+    assert "  skipped: 2 truncated JPEG, 1 truncated PNG, 1 empty file" in result.stdout
+    with open(tmp_path / "faces.csv", newline="") as fh:
+        assert [r["file"] for r in csv.DictReader(fh)] == ["a_whole.jpg", "e_trailer.jpg"]
+    single = realtime(f"source={folder / 'b_cut.jpg'}", f"model={tiny_model}", "display=false", cwd=tmp_path)
+    assert single.returncode == 1 and single.stderr.strip().splitlines()[-1] == (
+        f"error: {folder}/b_cut.jpg: truncated JPEG (the file ends before the image does)")
+
+
+def test_an_animated_gif_in_a_folder_is_read_as_its_first_frame(tiny_model, tmp_path) -> None:
+    """A 2-frame GIF used to be left out of a folder source (and a lone one played as a video)."""
+    from PIL import Image
+
+    photo = VIDEO.render(cv2.imread(str(VIDEO.PHOTO)), 320, 240, 150)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    first, second = Image.fromarray(photo[:, :, ::-1]), Image.fromarray(np.full_like(photo, 90))
+    first.save(folder / "two_frames.gif", save_all=True, append_images=[second], duration=100, loop=0)
+    (folder / "cut.gif").write_bytes((folder / "two_frames.gif").read_bytes()[:20])
+    result = realtime(f"source={folder}", f"model={tiny_model}", "display=false", "output.json=-", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["image"] == "two_frames.gif" and len(record["faces"]) == 1  # the face of the first frame
+    assert f"note: {folder}/cut.gif: truncated GIF (the file ends before the image does), skipped" in result.stderr
+    assert "1 skipped" in result.stderr
+    single = realtime(f"source={folder / 'two_frames.gif'}", f"model={tiny_model}", "display=false",
+                      "output.json=-", cwd=tmp_path)
+    assert single.returncode == 0 and json.loads(single.stdout)["image"] == "two_frames.gif"
+
+
+class _Capture:
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+
+    def get(self, prop: int) -> float:
+        return self.fps
+
+
+@pytest.mark.parametrize(("pace", "kind", "window", "expected"), [
+    (None, "file", True, True),  # a clip in a window plays at its own rate by default
+    (None, "file", False, False),  # headless: as fast as the machine goes
+    (False, "file", True, False),  # asked to run flat out
+    (True, "file", False, True),  # asked to pace headless too
+    (None, "webcam", True, False), (True, "stream", True, False),  # live sources come at their own rate
+    (None, "images", True, False), (True, "file without fps", True, False),
+])
+def test_which_sources_are_paced(pace, kind, window, expected) -> None:
+    from pipeline.inference.media import CaptureSource, ImageSource
+    from pipeline.inference.realtime import paced
+
+    source = (ImageSource([Path("a.jpg")]) if kind == "images" else
+              CaptureSource(_Capture(0.0 if kind == "file without fps" else 25.0), live=kind in ("webcam", "stream")))
+    assert paced(pace, source, window) is expected
+
+
+def test_the_pacer_holds_frames_to_the_clips_rate_and_never_races_to_catch_up() -> None:
+    from pipeline.inference.realtime import Pacer
+
+    pacer, ms = Pacer(25.0), 1_000_000  # a frame every 40 ms
+    assert pacer.wait_s(0, 1000 * ms) == 0.0  # the first frame starts the clock
+    assert pacer.wait_s(1, 1010 * ms) == pytest.approx(0.030)  # done in 10 ms: wait the other 30
+    assert pacer.wait_s(2, 1080 * ms) == 0.0  # exactly due
+    assert pacer.wait_s(3, 1125 * ms) == 0.0  # 5 ms late: shown at once, the schedule kept
+    assert pacer.wait_s(4, 1150 * ms) == pytest.approx(0.010)  # back on schedule
+    assert pacer.wait_s(5, 2000 * ms) == 0.0  # a stall (window dragged): no burst of frames afterwards,
+    assert pacer.wait_s(6, 2001 * ms) == pytest.approx(0.039)  # the clock restarts at the late frame
+
+
+def test_a_paced_run_waits_before_each_frame(clip, tiny_model, monkeypatch) -> None:
+    """The loop asks the pacer before each frame (pace=true headless here: no window in a test)."""
+    from pipeline.inference import realtime as module
+
+    waits: list[float] = []
+    monkeypatch.setattr(module.time, "sleep", waits.append)
+    cfg = load_config([f"source={clip[0]}", f"model={tiny_model}", "display=false", "max_frames=5", "pace=true"])
+    assert module.run(cfg).frames == 5
+    # the sleeps are stubbed, so the clock barely moves: frame i waits until i/30 s (the clip's rate) after the first
+    assert len(waits) == 5 and waits[-1] > 0 and all(0 <= w <= i / 30 + 1e-9 for i, w in enumerate(waits))
+    waits.clear()
+    module.run(load_config([f"source={clip[0]}", f"model={tiny_model}", "display=false", "max_frames=5"]))
+    assert waits == []  # headless by default: flat out

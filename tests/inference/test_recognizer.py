@@ -4,6 +4,7 @@ trained one: the contract (boxes, labels, probabilities) is under test, not accu
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -52,7 +53,7 @@ def test_an_image_without_a_face_gives_an_empty_list(rec) -> None:
     (np.zeros((10, 10, 5), np.uint8), r"shape \(10, 10, 5\): expected HxW, HxWx3 or HxWx4"),
     (np.full((10, 10), 300, np.int32), "dtype int32: expected uint8"),
     (np.full((10, 10), 2.0, np.float32), "floats in 0-1"),
-    (Path("no/such/photo.jpg"), r"no/such/photo.jpg: not a readable image"),
+    (Path("no/such/photo.jpg"), r"no/such/photo.jpg: cannot be read \(No such file or directory\)"),
 ])
 def test_unusable_images_are_a_value_error_naming_the_problem(rec, image, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -72,3 +73,66 @@ def test_predict_faces_scores_a_batch_of_crops_like_one_at_a_time(rec) -> None:
 
 def test_why_names_the_model(rec, tiny_model) -> None:
     assert str(tiny_model) in rec.why and rec.labels == list(CLASSES)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_float_image_with_one_non_finite_pixel_is_a_value_error_naming_it(rec, bad) -> None:
+    """NaN passes a min/max range check (every comparison with it is false): it used to give no faces."""
+    image = cv2.imread(str(PHOTO)).astype(np.float32) / 255.0
+    image[5, 7, 1] = bad
+    name = "NaN" if np.isnan(bad) else "inf"
+    with pytest.raises(ValueError, match=rf"image of dtype float32 has 1 {name} value\(s\) \(first at row 5, "
+                                         r"column 7\): expected finite floats in 0-1"):
+        rec.predict(image)
+
+
+
+def test_one_2d_crop_is_one_answer_and_other_shapes_a_value_error_naming_them(rec) -> None:
+    """A single 48x48 crop used to be read as 48 crops of one row each: 48 answers."""
+    rng = np.random.default_rng(1)
+    crop = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    one = rec.predict_faces(crop)
+    assert one.shape == (1, 7)
+    assert np.allclose(one[0], rec.predict_faces(crop[None])[0])
+    assert rec.predict_faces(np.stack([crop, crop])[..., None]).shape == (2, 7)  # [N, 48, 48, 1]
+    colour = cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
+    assert np.allclose(rec.predict_faces(colour)[0], one[0], atol=0.02)  # one colour crop, HxWx3
+    assert rec.predict_faces(np.stack([colour, colour])).shape == (2, 7)  # [N, H, W, 3]
+    for shape in [(48,), (2, 3, 48, 48, 1), (2, 48, 48, 2), (0, 48), (2, 0, 48)]:
+        with pytest.raises(ValueError, match=rf"crops of shape {re.escape(str(shape))}: expected"):
+            rec.predict_faces(np.zeros(shape, np.uint8))
+    with pytest.raises(ValueError, match=r"crop 1 of shape \(0, 5\): expected"):
+        rec.predict_faces([crop, np.zeros((0, 5), np.uint8)])
+
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 0), (0, 40, 3), (40, 0), (0, 0, 3, 0)])
+def test_an_image_without_pixels_is_a_value_error_naming_its_size(rec, shape) -> None:
+    """A 0x0 image used to end in a ZeroDivisionError inside the detector."""
+    for image in (np.zeros(shape, np.uint8), np.zeros(shape, np.float32)):
+        with pytest.raises(ValueError, match=r"image of (size \d+x\d+ \(width x height\): no pixels|shape)"):
+            rec.predict(image)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1, 3), (1, 500, 3), (500, 1), (2, 3)])
+def test_tiny_and_thin_images_give_no_face_and_no_error(rec, shape) -> None:
+    assert rec.predict(np.full(shape, 128, np.uint8)) == []
+
+
+def test_detectors_find_nothing_in_an_empty_frame() -> None:
+    from pipeline.inference.detectors import make_detector
+
+    for name in ("blazeface", "haar"):
+        try:
+            detector = make_detector(name)
+        except RuntimeError:  # an OpenCV without Haar cascades
+            continue
+        assert detector.detect(np.zeros((0, 0, 3), np.uint8)) == []
+        assert detector.detect(np.zeros((1, 1), np.uint8)) == []
+
+
+def test_a_truncated_jpeg_path_is_a_value_error_not_a_made_up_image(rec, tmp_path) -> None:
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(PHOTO.read_bytes()[:-300])
+    with pytest.raises(ValueError, match=r"cut\.jpg: truncated JPEG \(the file ends before the image does\)"):
+        rec.predict(cut)
