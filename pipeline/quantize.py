@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Iterator
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -36,6 +37,27 @@ from pipeline.models import count_macs, with_views
 from pipeline.prepared import PreparedReport, load_split, read_report
 
 SERVING_CODE = Path(classifier.__file__).with_name("serving.py")  # logged as code: no pickle
+
+
+def load_trained_model(path: Path) -> keras.Model:
+    """The trained network at `path`, or one line saying the file is missing or unreadable and how to get it back.
+
+    Keras says `File not found` for any file it cannot open as a zip (a truncated, emptied or overwritten
+    model), which sends a user looking for a file that is there; the zip is checked here first, so the line
+    says what is wrong with it.
+    """
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: not found (run train first: dvc repro train)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if damaged := archive.testzip():
+                raise zipfile.BadZipFile(f"damaged member {damaged}")
+        return keras.models.load_model(path)
+    except Exception as e:  # BadZipFile, an h5py or JSON error from inside the archive, a model Keras can't build
+        reason = ("empty, 0 bytes" if path.stat().st_size == 0 else
+                  (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+        raise SystemExit(f"error: {path}: unreadable Keras model ({reason}); re-run train (dvc repro -f -s train) "
+                         f"or restore it from DVC's cache (dvc checkout {path})") from None
 
 
 def representative(x: np.ndarray, n: int) -> Iterator[list[np.ndarray]]:
@@ -118,7 +140,7 @@ def register(path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -
 def main() -> None:
     params = load_params()
     cfg = params.quantize
-    core = keras.models.load_model(artifacts.KERAS_MODEL)
+    core = load_trained_model(artifacts.KERAS_MODEL)
     (x_train, _), (x_test, _) = load_split("train"), load_split("test")
     report = read_report()
 
