@@ -34,10 +34,12 @@ from pipeline.models import build_model, count_macs, ensemble
 from pipeline.prepared import PreparedReport, load_split, read_report
 from pipeline.timing import cpu_info, machine, machine_name
 from pipeline.training import (
+    Diverged,
     EpochLog,
     MetricsLogger,
     MultiWorkerStrategy,
     SignalsAtSafePoints,
+    StopOnNonFiniteLoss,
     TimeBudget,
     class_weights,
     compile_for_training,
@@ -111,10 +113,12 @@ def fitted_data(cfg: TrainConfig, train_split: Split, val_split: Split,
 
 def callbacks_for(cfg: TrainConfig, progress: EpochLog, checkpoint: Path, steps: int,
                   spent: float) -> list[keras.callbacks.Callback]:
-    """In this order at each epoch's end: EpochLog adds the training seconds so far to the logs, the CSV
-    records them, and only then the backup is taken. A kill between the two leaves a CSV row ahead of the
-    backup (the epoch reruns and its last row wins), never a backup ahead of the CSV."""
-    callbacks = [progress, keras.callbacks.CSVLogger(str(checkpoint / "history.csv"), append=True),
+    """First, at every batch, a non-finite loss fails the stage (`StopOnNonFiniteLoss`), so no NaN epoch is
+    logged or backed up. Then in this order at each epoch's end: EpochLog adds the training seconds so far to
+    the logs, the CSV records them, and only then the backup is taken. A kill between the two leaves a CSV row
+    ahead of the backup (the epoch reruns and its last row wins), never a backup ahead of the CSV."""
+    callbacks = [StopOnNonFiniteLoss(cfg), progress,
+                 keras.callbacks.CSVLogger(str(checkpoint / "history.csv"), append=True),
                  keras.callbacks.BackupAndRestore(str(checkpoint / "backup"), double_checkpoint=True)]
     if cfg.time_budget_min:
         callbacks.append(TimeBudget(lr_schedule(cfg, steps), cfg.epochs * steps, cfg.time_budget_min, spent))
@@ -306,6 +310,8 @@ def main() -> None:
         print(f"[train] interrupted after epoch {done[-1]['epoch'] if done else 0} of {params.train.epochs}; "
               f"the same command resumes from {checkpoint}", file=sys.stderr)
         raise SystemExit(130) from None
+    except Diverged as e:  # the run is FAILED; no model file, nothing for quantize to register
+        raise SystemExit(f"error: [train] {e}; no model was written") from None
     shutil.rmtree(checkpoint, ignore_errors=True)  # finished: nothing left to resume
     print(f"[train] -> {artifacts.KERAS_MODEL}")
 

@@ -353,6 +353,32 @@ class EpochLog(keras.callbacks.Callback):
               f"  lr {logs['lr']:.2e}  {seconds:.1f}s  {logs['images_per_s']:.0f} img/s", flush=True)
 
 
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss: its weights are no model, so nothing may be saved or registered."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raise `Diverged` at the first batch whose loss is NaN or infinite, naming the keys to look at.
+
+    keras.callbacks.TerminateOnNaN only stops `fit`, which then returns normally: the stage went on to save,
+    log and register a NaN model and exit 0. Raising instead fails the stage before any output is written.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.lr = cfg.lr
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch + 1
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(keras.ops.convert_to_numpy(loss))):
+            raise Diverged(f"the training loss became {float(keras.ops.convert_to_numpy(loss))} in epoch "
+                           f"{self._epoch}, batch {batch + 1}: training diverged; lower train.lr "
+                           f"(now {self.lr:g}), then look at train.optimizer and train.weight_decay")
+
+
 class SignalsAtSafePoints(keras.callbacks.Callback):
     """Ctrl-C (SIGINT) and SIGTERM during `fit` interrupt it at the next batch or epoch end, not wherever
     Python happens to be.

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import keras
+import mlflow
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ from pipeline.config import compose, parse_params
 from pipeline.prepared import PreparedReport
 from pipeline.synthetic import generate
 from pipeline.train import checkpoint_dir, train
-from pipeline.training import SharpnessAware
+from pipeline.training import Diverged, SharpnessAware
 
 TINY = ["data.n_train=280", "data.n_test=70", "train.epochs=2", "train.batch_size=32"]
 
@@ -195,3 +196,38 @@ def test_an_interrupted_ensemble_keeps_its_finished_members(splits, tmp_path: Pa
     result = train_members(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: steps.append(step))
     assert kept.stat().st_mtime_ns == made and "finished earlier: 1 epochs" in capsys.readouterr().out
     assert steps == [1, 2] and result.metrics["train/epochs"] == 2  # member 1 replayed, member 2 resumed
+
+
+def test_a_diverging_training_stops_at_the_first_nan_loss(splits, tmp_path: Path) -> None:
+    p = params("train.lr=1e9", "train.epochs=3")
+    logged: list[int] = []
+    with pytest.raises(Diverged, match=r"the training loss became (nan|inf) in epoch 1, batch \d+: training "
+                                       r"diverged; lower train\.lr \(now 1e\+09\)") as err:
+        train(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: logged.append(step))
+    assert "\n" not in str(err.value)
+    assert logged == []  # not one epoch of NaN curves logged, no backup of NaN weights taken
+    assert not (tmp_path / "ckpt" / "backup").exists()
+
+
+def test_a_diverging_train_stage_exits_with_one_line_and_writes_no_model(store: str, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from pipeline import artifacts, prepare
+    from pipeline import train as stage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    (tmp_path / "params.yaml").write_text(OmegaConf.to_yaml(compose([*TINY, "train.lr=1e9"])))
+    prepare.main()
+    with pytest.raises(SystemExit) as stop:
+        stage.main()
+    message = str(stop.value.code)
+    assert message.startswith("error: [train] the training loss became") and "\n" not in message
+    assert "lower train.lr (now 1e+09)" in message and message.endswith("no model was written")
+    assert not artifacts.KERAS_MODEL.exists() and not artifacts.TRAIN_METRICS.exists()
+    runs = mlflow.MlflowClient(store).search_runs(
+        [mlflow.MlflowClient(store).get_experiment_by_name(parse_params(compose()).mlflow.experiment_name)
+         .experiment_id], max_results=1)
+    assert runs[0].info.status == "FAILED" and "train/epochs" not in runs[0].data.metrics
