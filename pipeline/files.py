@@ -58,15 +58,17 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
 
-    Temporaries left in the same folder by killed writers are removed first (`remove_stale_temporaries`)."""
+    The temporary ends in `suffix` (default: `path`'s own), for writers that insist on a name's ending, such
+    as Keras' `.weights.h5`. Temporaries left in the same folder by killed writers are removed first
+    (`remove_stale_temporaries`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-pid{os.getpid()}@{socket.gethostname()}-",
-                               suffix=path.suffix, dir=path.parent)
+                               suffix=path.suffix if suffix is None else suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

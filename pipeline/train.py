@@ -34,6 +34,7 @@ from pipeline.models import build_model, count_macs, ensemble
 from pipeline.prepared import PreparedReport, load_split, read_report
 from pipeline.timing import cpu_info, machine, machine_name
 from pipeline.training import (
+    AtomicBackupAndRestore,
     Diverged,
     EpochLog,
     MetricsLogger,
@@ -51,7 +52,9 @@ from pipeline.training import (
     onednn_enabled,
     read_history,
     resolve_precision,
+    set_aside,
     sharpness_aware,
+    usable_backup,
     worker_checkpoint,
     write_history,
 )
@@ -119,7 +122,7 @@ def callbacks_for(cfg: TrainConfig, progress: EpochLog, checkpoint: Path, steps:
     ahead of the backup (the epoch reruns and its last row wins), never a backup ahead of the CSV."""
     callbacks = [StopOnNonFiniteLoss(cfg), progress,
                  keras.callbacks.CSVLogger(str(checkpoint / "history.csv"), append=True),
-                 keras.callbacks.BackupAndRestore(str(checkpoint / "backup"), double_checkpoint=True)]
+                 AtomicBackupAndRestore(str(checkpoint / "backup"), double_checkpoint=True)]
     if cfg.time_budget_min:
         callbacks.append(TimeBudget(lr_schedule(cfg, steps), cfg.epochs * steps, cfg.time_budget_min, spent))
         print(f"[train] time budget {cfg.time_budget_min:g} min ({spent / 60:.1f} spent): at most {cfg.epochs} "
@@ -149,7 +152,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     print(f"[train] {model_cfg.name}: {model.count_params():,} parameters, {macs / 1e6:.1f} M MACs/face; "
           f"{len(x_train)} train {'(val included)' if cfg.include_val else f'/ {len(x_val)} val'} images, "
           f"{cfg.epochs} epochs")
-    resumed = read_history(csv_log)
+    backed_up = usable_backup(checkpoint / "backup", checkpoint / "unreadable")  # a damaged backup: set aside
+    resumed = [row for row in read_history(csv_log) if row["epoch"] <= backed_up]  # rows past the backup rerun
     if resumed:
         print(f"[train] resuming after epoch {resumed[-1]['epoch']} from {checkpoint}")
         replay(resumed, log)
@@ -232,11 +236,19 @@ def finished_member(folder: Path, log: MetricsLogger | None) -> TrainResult | No
     """The member trained in `folder` by an earlier, interrupted run (its epochs logged again), or None."""
     if not (folder / "member.json").exists():
         return None
-    kept = json.loads((folder / "member.json").read_text())
+    try:
+        kept = json.loads((folder / "member.json").read_text())
+        model = keras.models.load_model(folder / "member.keras")
+    except Exception as e:  # a damaged disk or a hand edit: train the member again rather than fail
+        files = [folder / name for name in ("member.json", "member.keras", "history.csv")]
+        aside = set_aside(files, folder / "unreadable")
+        print(f"[train] finished member in {folder} unreadable ({(str(e).strip().splitlines() or [''])[0][:160]}): "
+              f"set aside in {aside}; training it again", flush=True)
+        return None
     history = read_history(folder / "history.csv")
     replay(history, log)
     print(f"[train] finished earlier: {len(history)} epochs, taken from {folder}")
-    return TrainResult(keras.models.load_model(folder / "member.keras"), history, kept["metrics"], kept["how"])
+    return TrainResult(model, history, kept["metrics"], kept["how"])
 
 
 def replay(history: list[dict[str, float]], log: MetricsLogger | None) -> None:

@@ -10,6 +10,8 @@ rescaling + network.
 from __future__ import annotations
 
 import csv
+import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -405,6 +407,93 @@ class SignalsAtSafePoints(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"signal {self.received}")
 
     on_train_batch_end = on_test_batch_end = on_epoch_end = _stop_if_signalled
+
+
+BACKUP_PAIRS = (("latest.weights.h5", "training_metadata.json"),  # BackupAndRestore's names: the last epoch's
+                ("latest.weights.h5.bkp", "training_metadata.json.bkp"))  # and, with double_checkpoint, the one before
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """keras.callbacks.BackupAndRestore whose files are never half-written.
+
+    Keras writes the weights and the epoch in place and copies the previous pair to `.bkp` byte by byte, so a
+    kill or power loss during a backup left a truncated file that h5py could not open on resume (and, both
+    files cut, no way back). Here the new pair is written to temporaries first; then the previous pair is
+    renamed to `.bkp` and the new one renamed into place, each step atomic. A kill at any point leaves a
+    readable pair (`usable_backup` picks it).
+    """
+
+    def _save_model(self) -> None:
+        backup = Path(self.backup_dir)
+        backup.mkdir(parents=True, exist_ok=True)
+        (weights, meta), (previous_weights, previous_meta) = ((backup / w, backup / m) for w, m in BACKUP_PAIRS)
+        with atomic_path(weights, suffix=".weights.h5") as tmp_weights, atomic_path(meta) as tmp_meta:
+            self.model.save_weights(tmp_weights, overwrite=True)
+            tmp_meta.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+            if self.double_checkpoint:
+                for path, previous in ((meta, previous_meta), (weights, previous_weights)):
+                    if path.exists():
+                        os.replace(path, previous)
+
+
+def _backup_epoch(weights: Path, meta: Path) -> int:
+    """The epoch a backup pair holds; an exception if either file is missing or cannot be read in full
+    (every array of the weights is read: a file can open and still be cut or overwritten inside)."""
+    import h5py
+
+    epoch = int(json.loads(meta.read_text())["epoch"])
+
+    def read(name: str, item: object) -> None:
+        if isinstance(item, h5py.Dataset):
+            item[()]
+
+    with h5py.File(weights, "r") as h5:
+        h5.visititems(read)
+    return epoch
+
+
+def set_aside(paths: list[Path], folder: Path) -> Path:
+    """Move the existing `paths` into `folder` (never over an earlier file there): renamed, not deleted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        if path.exists():
+            target, n = folder / path.name, 1
+            while target.exists():
+                n += 1
+                target = folder / f"{path.name}.{n}"
+            os.replace(path, target)
+    return folder
+
+
+def usable_backup(backup: Path, aside: Path) -> int:
+    """Check the BackupAndRestore files in `backup` before a resume; the epoch to resume after (0: from scratch).
+
+    A pair that cannot be read (truncated or overwritten by a kill or power loss, or by hand) is moved to
+    `aside` with one line; if the last pair is bad and the one before is good, that one is put in its place.
+    Otherwise `fit` would fail on resume with an h5py error, whichever pair was bad.
+    """
+    good: list[tuple[int, Path, Path]] = []
+    for weights_name, meta_name in BACKUP_PAIRS:
+        weights, meta = backup / weights_name, backup / meta_name
+        if not weights.exists() and not meta.exists():
+            continue
+        try:
+            good.append((_backup_epoch(weights, meta), weights, meta))
+        except Exception as e:  # h5py's OSError or RuntimeError, JSON, a missing half of the pair
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            set_aside([weights, meta], aside)
+            print(f"[train] checkpoint {weights} unreadable ({reason}): set aside in {aside}", flush=True)
+    if not good:
+        if aside.exists():
+            print(f"[train] no readable checkpoint left in {backup}: training starts fresh", flush=True)
+        return 0
+    epoch, weights, meta = good[0]
+    latest_weights, latest_meta = (backup / name for name in BACKUP_PAIRS[0])
+    if weights != latest_weights:
+        os.replace(weights, latest_weights)
+        os.replace(meta, latest_meta)
+        print(f"[train] resuming from the checkpoint before it ({weights.name}, epoch {epoch})", flush=True)
+    return epoch
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
