@@ -46,6 +46,7 @@ from pipeline.training import (
     compile_for_training,
     distillation_targets,
     early_stopping,
+    epochs_trained,
     float32_copy,
     lr_schedule,
     make_dataset,
@@ -173,15 +174,15 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     history = read_history(csv_log)
     metrics = {} if cfg.include_val else val_metrics(model, val_split, history)  # val was fitted: no val figure
     metrics |= {
-        "train/epochs": len(history), "train/minutes": seconds / 60,
-        "train/images_per_s": float(np.median(progress.images_per_s)) if progress.images_per_s else 0.0,
+        "train/epochs": epochs_trained(history), "train/minutes": seconds / 60,
+        "train/images_per_s": progress.typical_images_per_s(),
         "model/params": int(model.count_params()), "model/macs_per_view": macs,
     }
     how = {"train.precision": precision, "train.onednn": str(onednn_enabled()).lower(),
            "train.machine": machine_name(machine())}  # images/s and epochs reached belong to this host
     held_out = ("no held-out val accuracy (train.include_val: val was training data)" if cfg.include_val
                 else f"val accuracy {metrics['val/accuracy']:.4f}")
-    print(f"[train] {held_out} after {len(history)} epochs in {seconds:.0f}s")
+    print(f"[train] {held_out} after {epochs_trained(history):g} epochs in {seconds:.0f}s")
     return TrainResult(model, history, metrics, how)
 
 
@@ -213,7 +214,7 @@ def train_members(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, 
     model = ensemble([r.model for r in results])
     metrics = {} if cfg.include_val else val_metrics(model, val_split, history)
     metrics |= {
-        "train/epochs": len(history), "train/minutes": sum(r.metrics["train/minutes"] for r in results),
+        "train/epochs": epochs_trained(history), "train/minutes": sum(r.metrics["train/minutes"] for r in results),
         "train/images_per_s": float(np.median([r.metrics["train/images_per_s"] for r in results])),
         "train/members": cfg.members, "model/params": int(model.count_params()),
         "model/macs_per_view": sum(r.metrics["model/macs_per_view"] for r in results),
