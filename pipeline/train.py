@@ -12,6 +12,7 @@ a finished member's network there, so an interruption costs at most the member i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -163,7 +164,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     progress = EpochLog(cfg.epochs, len(x_train), cfg.batch_size, spent, log)
     callbacks = callbacks_for(cfg, progress, checkpoint, steps, spent)
     start = time.perf_counter()
-    with SignalsAtSafePoints() as safe_points:  # last: an epoch's history and backup are complete first
+    with SignalsAtSafePoints() as safe_points, contextlib.closing(progress):  # no bar left behind on an error
         model.fit(make_dataset(x_train, y_train, cfg, training=True, targets=targets, epochs_done=done),
                   epochs=cfg.epochs, verbose=0, shuffle=False,
                   validation_data=None if cfg.include_val else make_dataset(x_val, y_val, cfg, training=False),

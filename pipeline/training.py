@@ -13,9 +13,11 @@ import csv
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -326,26 +328,48 @@ class EpochLog(keras.callbacks.Callback):
     a resumed run reads back knows how much of a time budget is spent and how many epochs were really done.
     Images/s count the images trained on over the time of their batches (not of validation): a budget that
     ended an epoch after a few batches made it read 6 images/s against 390.
+
+    An epoch takes minutes on a laptop's CPU: when stderr is a terminal (or `bar` says so), a tqdm bar shows the
+    batches within the epoch on stderr and is cleared before the epoch's line; a log file gets the lines only.
     """
 
     def __init__(self, epochs: int, n_train: int, batch_size: int, spent_s: float = 0.0,
-                 log: MetricsLogger | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+                 log: MetricsLogger | None = None, clock: Callable[[], float] = time.perf_counter,
+                 bar: bool | None = None) -> None:
         super().__init__()
         self.epochs, self.n_train, self.batch_size, self.spent_s = epochs, n_train, batch_size, spent_s
         self.log, self.clock = log, clock
         self.steps = max(1, -(-n_train // batch_size))
         self.images_per_s: list[float] = []
         self.fractions: list[float] = []
+        self.bar = sys.stderr.isatty() if bar is None else bar
+        self._bar: Any = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._start = self._trained = self.clock()
         self._batches = 0
+        if self.bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.steps, desc=f"[train] epoch {epoch + 1}/{self.epochs}", unit="batch",
+                             file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._batches += 1  # a time budget can end the last epoch early
         self._trained = self.clock()
+        if self._bar is not None:
+            if logs and "loss" in logs:
+                self._bar.set_postfix(loss=f"{float(keras.ops.convert_to_numpy(logs['loss'])):.4f}", refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        """Clear the batch bar (also after an error or an interruption ended the epoch)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.close()
         seconds = self.clock() - self._start
         self.spent_s += seconds
         fraction = min(self._batches / self.steps, 1.0)

@@ -3,7 +3,9 @@ erasing), run in-process on toy data."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import sys
 
 import keras
 import numpy as np
@@ -194,3 +196,28 @@ def test_an_epoch_cut_short_by_the_time_budget_is_logged_as_the_part_it_was(caps
     assert "epoch 2/4 (partial: 3 of 10 batches)" in capsys.readouterr().out
     rows = [{"epoch": 1, "epoch_fraction": 1.0}, {"epoch": 2, "epoch_fraction": 0.3}]
     assert epochs_trained(rows) == 1.3 and epochs_trained([{"epoch": 1}, {"epoch": 2}]) == 2
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "log file"])
+def test_a_bar_shows_the_batches_within_an_epoch_only_on_a_terminal(monkeypatch, capsys, terminal: bool) -> None:
+    stderr = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    progress, _ = _epoch_log(lambda: 0.0)
+    progress.on_epoch_begin(0)
+    for batch in range(4):
+        progress.on_train_batch_end(batch, {"loss": 1.25})
+    if terminal:  # tqdm redraws at most 10 times a second: ask for the drawing a user would see next
+        progress._bar.refresh()
+    shown = stderr.getvalue()
+    progress.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5})
+    if terminal:
+        assert "[train] epoch 1/4" in shown and "4/10" in shown and "loss=1.2500" in shown
+    else:
+        assert shown == ""
+    assert progress._bar is None  # cleared before the epoch's line, which is printed either way
+    assert "[train] epoch 1/4 (partial: 4 of 10 batches)" in capsys.readouterr().out
