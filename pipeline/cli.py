@@ -12,11 +12,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from pipeline import artifacts
+from pipeline.files import remove_stale_temporaries
+
 
 def run(main: Callable[[], None], doc: str | None, stage: str) -> None:
     if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
         print(f"python -m pipeline.{stage}: {(doc or '').strip()}")
         return
+    for folder in {path.parent for paths in artifacts.STAGE_FILES.get(stage, {}).values() for path in paths}:
+        remove_stale_temporaries(folder)  # what a killed run of this stage left (SIGKILL, power loss)
     try:
         main()
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -114,12 +115,40 @@ def _layout_files(path: Path) -> tuple[Iterator[tuple[str, bytes]], set[str]]:
         dirs = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_dir()}
         return ((p.relative_to(path).as_posix(), p.read_bytes()) for p in files), dirs
     if not zipfile.is_zipfile(path):
+        if damaged := damaged_zip(path):
+            raise DataError(damaged)
         raise DataError(f"{path}: neither a folder nor a .zip of the FER2013 layout")
     archive = zipfile.ZipFile(path)
     names = sorted(n for n in archive.namelist() if not n.endswith("/"))
     dirs = {n.rstrip("/") for n in archive.namelist() if n.endswith("/")}
     dirs |= {str(PurePosixPath(n).parent) for n in names}
-    return ((n, archive.read(n)) for n in names), dirs
+    return (_zip_member(path, archive, n) for n in names), dirs
+
+
+def damaged_zip(path: Path) -> str | None:
+    """The one-line error for a file that is meant to be a zip (a .zip name, or a zip's first bytes) but that
+    `zipfile` cannot open: cut short by a download or a copy, or emptied. None for anything else."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        zipfile.ZipFile(path).close()
+    except zipfile.BadZipFile as e:
+        if head.startswith(b"PK") or path.suffix.lower() == ".zip":
+            what = "empty, 0 bytes" if not head else f"zipfile.BadZipFile: {e}"
+            return f"{path}: a damaged .zip ({what}; truncated by a download or copy?): copy or download it again"
+    except OSError:
+        return None
+    return None
+
+
+def _zip_member(path: Path, archive: zipfile.ZipFile, name: str) -> tuple[str, bytes]:
+    """(name, bytes) of one member; a member the archive can't give back whole is a damaged zip, named."""
+    try:
+        return name, archive.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
+        reason = f"{kind}: {e}"
+        raise DataError(f"{path}: a damaged .zip ({name}: {reason}): copy or download it again") from None
 
 
 def _split_and_class(name: str) -> tuple[str, str] | None:
@@ -177,6 +206,8 @@ def read_csv(path: Path) -> Collected:
     if zipfile.is_zipfile(path) or path.is_dir():
         raise DataError(f"{path}: a {'folder' if path.is_dir() else '.zip'}, not fer2013.csv "
                         "(for the Kaggle folder layout use data=fer2013)")
+    if path.suffix.lower() != ".csv" and (damaged := damaged_zip(path)):
+        raise DataError(damaged)
     out = Collected()
     # utf-8-sig: a spreadsheet's byte-order mark would otherwise glue itself to the first column's name
     with open(path, newline="", encoding="utf-8-sig") as fh:

@@ -2,7 +2,9 @@
 
 Every stage output goes through `atomic_path`: the data lands in a temporary sibling (same directory, so
 the final `os.replace` is an atomic rename on the same filesystem) and only a complete file takes the
-real name. An interrupted stage leaves at most a `.tmp-*` file, which the next run overwrites.
+real name. An interrupted stage leaves at most a `.tmp-<name>-pid<pid>@<host>-*` file; the next write into
+that folder removes every such file whose process is gone (this host's only), so a SIGKILL leaves nothing
+behind for `git status` to show.
 `read_run_record` reads back `runs/<stage>.json`, the record tracking, the search and evaluate share.
 """
 
@@ -12,6 +14,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +29,49 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# `.tmp-<stem>-pid<pid>@<host>-<mkstemp's 8 characters><suffix>`: the writer's process and host are in the name
+_TEMPORARY = re.compile(r"^\.tmp-.*-pid(?P<pid>\d+)@(?P<host>[^/@]+)-[a-z0-9_]{8}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporaries that `atomic_path` left in `folder` when its process was killed (SIGKILL, power
+    loss): only files of our own naming, made on this host by a process that no longer exists. Others' files
+    and a live writer's temporary are never touched. Returns what was removed."""
+    removed: list[Path] = []
+    host = socket.gethostname()
+    with contextlib.suppress(OSError):
+        for entry in Path(folder).iterdir():
+            match = _TEMPORARY.match(entry.name)
+            if not match or match["host"] != host or _pid_alive(int(match["pid"])) or not entry.is_file():
+                continue
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary ends in `suffix` (default: `path`'s own), for writers that insist on a name's ending, such
+    as Keras' `.weights.h5`. Temporaries left in the same folder by killed writers are removed first
+    (`remove_stale_temporaries`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+    remove_stale_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-pid{os.getpid()}@{socket.gethostname()}-",
+                               suffix=path.suffix if suffix is None else suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -26,7 +26,8 @@ def read_history(path: Path) -> list[dict[str, float]]:
 
 
 def write_history(history: list[dict[str, float]], path: Path) -> None:
-    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_s", "train_s"]
+    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_s", "train_s",
+            "epoch_fraction"]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=[k for k in keys if k in history[0]], extrasaction="ignore")
         writer.writeheader()

@@ -14,6 +14,7 @@ straight in. The registered name comes from the data `prepare` actually read (it
 from __future__ import annotations
 
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,27 @@ from pipeline.inference.contract import CLASSES, Family, Tag, registered_name
 from pipeline.inference.registry import log_pyfunc, sha256_of
 from pipeline.models import count_macs, with_views
 from pipeline.prepared import PreparedReport, load_split, read_report
+
+
+def load_trained_model(path: Path) -> keras.Model:
+    """The trained network at `path`, or one line saying the file is missing or unreadable and how to get it back.
+
+    Keras says `File not found` for any file it cannot open as a zip (a truncated, emptied or overwritten
+    model), which sends a user looking for a file that is there; the zip is checked here first, so the line
+    says what is wrong with it.
+    """
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: not found (run train first: dvc repro train)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if damaged := archive.testzip():
+                raise zipfile.BadZipFile(f"damaged member {damaged}")
+        return keras.models.load_model(path)
+    except Exception as e:  # BadZipFile, an h5py or JSON error from inside the archive, a model Keras can't build
+        reason = ("empty, 0 bytes" if path.stat().st_size == 0 else
+                  (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+        raise SystemExit(f"error: {path}: unreadable Keras model ({reason}); re-run train (dvc repro -f -s train) "
+                         f"or restore it from DVC's cache (dvc checkout {path})") from None
 
 
 def representative(x: np.ndarray, n: int) -> Iterator[list[np.ndarray]]:
@@ -93,7 +115,7 @@ def register(path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -
 def main() -> None:
     params = load_params()
     cfg = params.quantize
-    core = keras.models.load_model(artifacts.KERAS_MODEL)
+    core = load_trained_model(artifacts.KERAS_MODEL)
     (x_train, _), (x_test, _) = load_split("train"), load_split("test")
     report = read_report()
 

@@ -19,7 +19,9 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ def connect(cfg: MlflowConfig) -> str:
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # it prints credentials; we print a redacted link
     uri = tracking_uri(cfg)
     check_sqlite_store(uri)
+    check_sqlite_writable(uri)
     mlflow.set_tracking_uri(uri)
     try:
         client = mlflow.MlflowClient()
@@ -82,6 +85,38 @@ def check_sqlite_store(uri: str) -> None:
     """An embedded store that exists but is empty or not SQLite: one line, never a silent new store."""
     if problem := sqlite_store_problem(uri):
         raise SystemExit(f"error: {problem}")
+
+
+def check_sqlite_writable(uri: str) -> None:
+    """An embedded store that this process cannot write (read-only file or folder, `chattr +i`, a folder in its
+    place): one line naming the file, before MLflow logs a 200-line traceback per failed statement or retries
+    for minutes. The probe is a table created inside a transaction that is rolled back: nothing is changed."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    problem = None
+    if path.is_dir():
+        problem = "a folder, not a file"
+    elif path.is_file():
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=30, isolation_level=None)
+            with contextlib.closing(db):
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute("CREATE TABLE pipeline_write_probe (x)")
+                finally:
+                    db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            problem = None if "locked" in str(e) else str(e)  # busy (a parallel writer) is not read-only
+    elif path.parent.is_dir():  # a new store: SQLite must be able to create it
+        try:
+            tempfile.TemporaryFile(dir=path.parent).close()
+        except OSError as e:
+            problem = f"its folder is not writable: {e.strerror}"
+    if problem:
+        raise SystemExit(f"error: {path}: the MLflow store cannot be written ({problem}); nothing was changed: "
+                         "check the permissions of the file and its folder (and `lsattr`: chattr -i), or point "
+                         "mlflow.tracking_uri / MLFLOW_TRACKING_URI at a writable store")
 
 
 def dvc_written_paths() -> list[str]:

@@ -12,6 +12,7 @@ a finished member's network there, so an interruption costs at most the member i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -35,21 +36,27 @@ from pipeline.models import build_model, count_macs, ensemble
 from pipeline.prepared import PreparedReport, load_split, read_report
 from pipeline.timing import cpu_info, machine, machine_name
 from pipeline.training import (
+    AtomicBackupAndRestore,
+    Diverged,
     EpochLog,
     MetricsLogger,
     MultiWorkerStrategy,
     SignalsAtSafePoints,
+    StopOnNonFiniteLoss,
     TimeBudget,
     class_weights,
     compile_for_training,
     distillation_targets,
     early_stopping,
+    epochs_trained,
     float32_copy,
     lr_schedule,
     make_dataset,
     onednn_enabled,
     resolve_precision,
+    set_aside,
     sharpness_aware,
+    usable_backup,
     worker_checkpoint,
 )
 
@@ -110,11 +117,13 @@ def fitted_data(cfg: TrainConfig, train_split: Split, val_split: Split,
 
 def callbacks_for(cfg: TrainConfig, progress: EpochLog, checkpoint: Path, steps: int,
                   spent: float) -> list[keras.callbacks.Callback]:
-    """In this order at each epoch's end: EpochLog adds the training seconds so far to the logs, the CSV
-    records them, and only then the backup is taken. A kill between the two leaves a CSV row ahead of the
-    backup (the epoch reruns and its last row wins), never a backup ahead of the CSV."""
-    callbacks = [progress, keras.callbacks.CSVLogger(str(checkpoint / "history.csv"), append=True),
-                 keras.callbacks.BackupAndRestore(str(checkpoint / "backup"), double_checkpoint=True)]
+    """First, at every batch, a non-finite loss fails the stage (`StopOnNonFiniteLoss`), so no NaN epoch is
+    logged or backed up. Then in this order at each epoch's end: EpochLog adds the training seconds so far to
+    the logs, the CSV records them, and only then the backup is taken. A kill between the two leaves a CSV row
+    ahead of the backup (the epoch reruns and its last row wins), never a backup ahead of the CSV."""
+    callbacks = [StopOnNonFiniteLoss(cfg), progress,
+                 keras.callbacks.CSVLogger(str(checkpoint / "history.csv"), append=True),
+                 AtomicBackupAndRestore(str(checkpoint / "backup"), double_checkpoint=True)]
     if cfg.time_budget_min:
         callbacks.append(TimeBudget(lr_schedule(cfg, steps), cfg.epochs * steps, cfg.time_budget_min, spent))
         print(f"[train] time budget {cfg.time_budget_min:g} min ({spent / 60:.1f} spent): at most {cfg.epochs} "
@@ -144,7 +153,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     print(f"[train] {model_cfg.name}: {model.count_params():,} parameters, {macs / 1e6:.1f} M MACs/face; "
           f"{len(x_train)} train {'(val included)' if cfg.include_val else f'/ {len(x_val)} val'} images, "
           f"{cfg.epochs} epochs")
-    resumed = read_history(csv_log)
+    backed_up = usable_backup(checkpoint / "backup", checkpoint / "unreadable")  # a damaged backup: set aside
+    resumed = [row for row in read_history(csv_log) if row["epoch"] <= backed_up]  # rows past the backup rerun
     if resumed:
         print(f"[train] resuming after epoch {resumed[-1]['epoch']} from {checkpoint}")
         replay(resumed, log)
@@ -153,7 +163,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     progress = EpochLog(cfg.epochs, len(x_train), cfg.batch_size, spent, log)
     callbacks = callbacks_for(cfg, progress, checkpoint, steps, spent)
     start = time.perf_counter()
-    with SignalsAtSafePoints() as safe_points:  # last: an epoch's history and backup are complete first
+    with SignalsAtSafePoints() as safe_points, contextlib.closing(progress):  # no bar left behind on an error
         model.fit(make_dataset(x_train, y_train, cfg, training=True, targets=targets, epochs_done=done),
                   epochs=cfg.epochs, verbose=0, shuffle=False,
                   validation_data=None if cfg.include_val else make_dataset(x_val, y_val, cfg, training=False),
@@ -164,15 +174,15 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     history = read_history(csv_log)
     metrics = {} if cfg.include_val else val_metrics(model, val_split, history)  # val was fitted: no val figure
     metrics |= {
-        "train/epochs": len(history), "train/minutes": seconds / 60,
-        "train/images_per_s": float(np.median(progress.images_per_s)) if progress.images_per_s else 0.0,
+        "train/epochs": epochs_trained(history), "train/minutes": seconds / 60,
+        "train/images_per_s": progress.typical_images_per_s(),
         "model/params": int(model.count_params()), "model/macs_per_view": macs,
     }
     how = {"train.precision": precision, "train.onednn": str(onednn_enabled()).lower(),
            "train.machine": machine_name(machine())}  # images/s and epochs reached belong to this host
     held_out = ("no held-out val accuracy (train.include_val: val was training data)" if cfg.include_val
                 else f"val accuracy {metrics['val/accuracy']:.4f}")
-    print(f"[train] {held_out} after {len(history)} epochs in {seconds:.0f}s")
+    print(f"[train] {held_out} after {epochs_trained(history):g} epochs in {seconds:.0f}s")
     return TrainResult(model, history, metrics, how)
 
 
@@ -204,7 +214,7 @@ def train_members(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, 
     model = ensemble([r.model for r in results])
     metrics = {} if cfg.include_val else val_metrics(model, val_split, history)
     metrics |= {
-        "train/epochs": len(history), "train/minutes": sum(r.metrics["train/minutes"] for r in results),
+        "train/epochs": epochs_trained(history), "train/minutes": sum(r.metrics["train/minutes"] for r in results),
         "train/images_per_s": float(np.median([r.metrics["train/images_per_s"] for r in results])),
         "train/members": cfg.members, "model/params": int(model.count_params()),
         "model/macs_per_view": sum(r.metrics["model/macs_per_view"] for r in results),
@@ -227,11 +237,19 @@ def finished_member(folder: Path, log: MetricsLogger | None) -> TrainResult | No
     """The member trained in `folder` by an earlier, interrupted run (its epochs logged again), or None."""
     if not (folder / "member.json").exists():
         return None
-    kept = json.loads((folder / "member.json").read_text())
+    try:
+        kept = json.loads((folder / "member.json").read_text())
+        model = keras.models.load_model(folder / "member.keras")
+    except Exception as e:  # a damaged disk or a hand edit: train the member again rather than fail
+        files = [folder / name for name in ("member.json", "member.keras", "history.csv")]
+        aside = set_aside(files, folder / "unreadable")
+        print(f"[train] finished member in {folder} unreadable ({(str(e).strip().splitlines() or [''])[0][:160]}): "
+              f"set aside in {aside}; training it again", flush=True)
+        return None
     history = read_history(folder / "history.csv")
     replay(history, log)
     print(f"[train] finished earlier: {len(history)} epochs, taken from {folder}")
-    return TrainResult(keras.models.load_model(folder / "member.keras"), history, kept["metrics"], kept["how"])
+    return TrainResult(model, history, kept["metrics"], kept["how"])
 
 
 def replay(history: list[dict[str, float]], log: MetricsLogger | None) -> None:
@@ -311,6 +329,8 @@ def main() -> None:
         print(f"[train] interrupted after epoch {done[-1]['epoch'] if done else 0} of {params.train.epochs}; "
               f"the same command resumes from {checkpoint}", file=sys.stderr)
         raise SystemExit(130) from None
+    except Diverged as e:  # the run is FAILED; no model file, nothing for quantize to register
+        raise SystemExit(f"error: [train] {e}; no model was written") from None
     shutil.rmtree(checkpoint, ignore_errors=True)  # finished: nothing left to resume
     print(f"[train] -> {artifacts.KERAS_MODEL}")
 

@@ -9,16 +9,21 @@ rescaling + network.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from pipeline.config import ClassWeight, ModelConfig, Optimizer, Schedule, TrainConfig
+from pipeline.files import atomic_path
 from pipeline.inference.contract import CLASSES
 from pipeline.models import build_model
 
@@ -317,38 +322,109 @@ class TimeBudget(keras.callbacks.Callback):
 class EpochLog(keras.callbacks.Callback):
     """One progress line per epoch, the same numbers to `log` (MLflow), and images/s for the speed report.
 
-    Adds `train_s`, the training seconds so far (across resumes), to the epoch's logs, so the CSV history
-    that a resumed run reads back knows how much of a time budget is spent.
+    Adds `train_s`, the training seconds so far (across resumes), and `epoch_fraction`, the share of the
+    epoch's batches trained (below 1 when a time budget ends it), to the epoch's logs, so the CSV history that
+    a resumed run reads back knows how much of a time budget is spent and how many epochs were really done.
+    Images/s count the images trained on over the time of their batches (not of validation): a budget that
+    ended an epoch after a few batches made it read 6 images/s against 390.
+
+    An epoch takes minutes on a laptop's CPU: when stderr is a terminal (or `bar` says so), a tqdm bar shows the
+    batches within the epoch on stderr and is cleared before the epoch's line; a log file gets the lines only.
     """
 
     def __init__(self, epochs: int, n_train: int, batch_size: int, spent_s: float = 0.0,
-                 log: MetricsLogger | None = None) -> None:
+                 log: MetricsLogger | None = None, clock: Callable[[], float] = time.perf_counter,
+                 bar: bool | None = None) -> None:
         super().__init__()
         self.epochs, self.n_train, self.batch_size, self.spent_s = epochs, n_train, batch_size, spent_s
-        self.log = log
+        self.log, self.clock = log, clock
+        self.steps = max(1, -(-n_train // batch_size))
         self.images_per_s: list[float] = []
+        self.fractions: list[float] = []
+        self.bar = sys.stderr.isatty() if bar is None else bar
+        self._bar: Any = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start, self._batches = time.perf_counter(), 0
+        self._start = self._trained = self.clock()
+        self._batches = 0
+        if self.bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.steps, desc=f"[train] epoch {epoch + 1}/{self.epochs}", unit="batch",
+                             file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._batches += 1  # a time budget can end the last epoch early
+        self._trained = self.clock()
+        if self._bar is not None:
+            if logs and "loss" in logs:
+                self._bar.set_postfix(loss=f"{float(keras.ops.convert_to_numpy(logs['loss'])):.4f}", refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        """Clear the batch bar (also after an error or an interruption ended the epoch)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        seconds = time.perf_counter() - self._start
+        self.close()
+        seconds = self.clock() - self._start
         self.spent_s += seconds
+        fraction = min(self._batches / self.steps, 1.0)
         if logs is not None:
             logs["train_s"] = self.spent_s
+            logs["epoch_fraction"] = fraction
         logs = dict(logs or {})
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        logs["images_per_s"] = min(self._batches * self.batch_size, self.n_train) / seconds
+        images = min(self._batches * self.batch_size, self.n_train)
+        logs["images_per_s"] = images / max(self._trained - self._start, 1e-9)
         self.images_per_s.append(logs["images_per_s"])
+        self.fractions.append(fraction)
         if self.log is not None:
             self.log({k: float(v) for k, v in logs.items()}, epoch + 1)
         val = (f"  val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}" if "val_loss" in logs
                else "")  # no val set while fitting on train + val
-        print(f"[train] epoch {epoch + 1}/{self.epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}{val}"
-              f"  lr {logs['lr']:.2e}  {seconds:.1f}s  {logs['images_per_s']:.0f} img/s", flush=True)
+        part = "" if fraction == 1.0 else f" (partial: {self._batches} of {self.steps} batches)"
+        print(f"[train] epoch {epoch + 1}/{self.epochs}{part}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}"
+              f"{val}  lr {logs['lr']:.2e}  {seconds:.1f}s  {logs['images_per_s']:.0f} img/s", flush=True)
+
+    def typical_images_per_s(self) -> float:
+        """The median over whole epochs (a partial one is a few batches: noise), else over all; 0 if none."""
+        whole = [r for r, f in zip(self.images_per_s, self.fractions, strict=True) if f == 1.0]
+        return float(np.median(whole or self.images_per_s)) if self.images_per_s else 0.0
+
+
+def epochs_trained(history: list[dict[str, float]]) -> float:
+    """The epochs really trained, a partial last one as its share (3.1, not 4); rows from before
+    `epoch_fraction` was logged count whole."""
+    return round(sum(row.get("epoch_fraction", 1.0) for row in history), 2)
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss: its weights are no model, so nothing may be saved or registered."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raise `Diverged` at the first batch whose loss is NaN or infinite, naming the keys to look at.
+
+    keras.callbacks.TerminateOnNaN only stops `fit`, which then returns normally: the stage went on to save,
+    log and register a NaN model and exit 0. Raising instead fails the stage before any output is written.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.lr = cfg.lr
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch + 1
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(keras.ops.convert_to_numpy(loss))):
+            raise Diverged(f"the training loss became {float(keras.ops.convert_to_numpy(loss))} in epoch "
+                           f"{self._epoch}, batch {batch + 1}: training diverged; lower train.lr "
+                           f"(now {self.lr:g}), then look at train.optimizer and train.weight_decay")
 
 
 class SignalsAtSafePoints(keras.callbacks.Callback):
@@ -377,6 +453,93 @@ class SignalsAtSafePoints(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"signal {self.received}")
 
     on_train_batch_end = on_test_batch_end = on_epoch_end = _stop_if_signalled
+
+
+BACKUP_PAIRS = (("latest.weights.h5", "training_metadata.json"),  # BackupAndRestore's names: the last epoch's
+                ("latest.weights.h5.bkp", "training_metadata.json.bkp"))  # and, with double_checkpoint, the one before
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """keras.callbacks.BackupAndRestore whose files are never half-written.
+
+    Keras writes the weights and the epoch in place and copies the previous pair to `.bkp` byte by byte, so a
+    kill or power loss during a backup left a truncated file that h5py could not open on resume (and, both
+    files cut, no way back). Here the new pair is written to temporaries first; then the previous pair is
+    renamed to `.bkp` and the new one renamed into place, each step atomic. A kill at any point leaves a
+    readable pair (`usable_backup` picks it).
+    """
+
+    def _save_model(self) -> None:
+        backup = Path(self.backup_dir)
+        backup.mkdir(parents=True, exist_ok=True)
+        (weights, meta), (previous_weights, previous_meta) = ((backup / w, backup / m) for w, m in BACKUP_PAIRS)
+        with atomic_path(weights, suffix=".weights.h5") as tmp_weights, atomic_path(meta) as tmp_meta:
+            self.model.save_weights(tmp_weights, overwrite=True)
+            tmp_meta.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+            if self.double_checkpoint:
+                for path, previous in ((meta, previous_meta), (weights, previous_weights)):
+                    if path.exists():
+                        os.replace(path, previous)
+
+
+def _backup_epoch(weights: Path, meta: Path) -> int:
+    """The epoch a backup pair holds; an exception if either file is missing or cannot be read in full
+    (every array of the weights is read: a file can open and still be cut or overwritten inside)."""
+    import h5py
+
+    epoch = int(json.loads(meta.read_text())["epoch"])
+
+    def read(name: str, item: object) -> None:
+        if isinstance(item, h5py.Dataset):
+            item[()]
+
+    with h5py.File(weights, "r") as h5:
+        h5.visititems(read)
+    return epoch
+
+
+def set_aside(paths: list[Path], folder: Path) -> Path:
+    """Move the existing `paths` into `folder` (never over an earlier file there): renamed, not deleted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        if path.exists():
+            target, n = folder / path.name, 1
+            while target.exists():
+                n += 1
+                target = folder / f"{path.name}.{n}"
+            os.replace(path, target)
+    return folder
+
+
+def usable_backup(backup: Path, aside: Path) -> int:
+    """Check the BackupAndRestore files in `backup` before a resume; the epoch to resume after (0: from scratch).
+
+    A pair that cannot be read (truncated or overwritten by a kill or power loss, or by hand) is moved to
+    `aside` with one line; if the last pair is bad and the one before is good, that one is put in its place.
+    Otherwise `fit` would fail on resume with an h5py error, whichever pair was bad.
+    """
+    good: list[tuple[int, Path, Path]] = []
+    for weights_name, meta_name in BACKUP_PAIRS:
+        weights, meta = backup / weights_name, backup / meta_name
+        if not weights.exists() and not meta.exists():
+            continue
+        try:
+            good.append((_backup_epoch(weights, meta), weights, meta))
+        except Exception as e:  # h5py's OSError or RuntimeError, JSON, a missing half of the pair
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            set_aside([weights, meta], aside)
+            print(f"[train] checkpoint {weights} unreadable ({reason}): set aside in {aside}", flush=True)
+    if not good:
+        if aside.exists():
+            print(f"[train] no readable checkpoint left in {backup}: training starts fresh", flush=True)
+        return 0
+    epoch, weights, meta = good[0]
+    latest_weights, latest_meta = (backup / name for name in BACKUP_PAIRS[0])
+    if weights != latest_weights:
+        os.replace(weights, latest_weights)
+        os.replace(meta, latest_meta)
+        print(f"[train] resuming from the checkpoint before it ({weights.name}, epoch {epoch})", flush=True)
+    return epoch
 
 
 def float32_copy(model: keras.Model, cfg: ModelConfig) -> keras.Model:

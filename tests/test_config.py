@@ -157,3 +157,41 @@ def test_a_preset_that_does_not_compose_is_left_out_of_the_matching(tmp_path: Pa
     assert "broken" not in presets and "tiny" in presets
     tiny = to_flat_dict(parse_params(compose(["experiment=tiny"], conf_dir=conf)))
     assert preset_of(tiny, presets) == "tiny"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["model=nonexistent"], "error: model=nonexistent: no such option in conf/model/ (options: fer_vgg, resnet_se, "
+                            "seed_cnn, small_cnn)"),
+    (["trian.lr=1"], "error: trian.lr=1: unknown key 'trian' (allowed in the top level: benchmark, data, evaluate, "
+                     "mlflow, model, quantize, train)"),
+    (["experiment=tiny", "train.augment.flipp=true"],
+     "error: train.augment.flipp=true: unknown key 'train.augment.flipp' (allowed in train.augment: brightness, "
+     "contrast, cutmix, erasing, flip, mixup, rotation, shift, zoom)"),
+    (["train.lr=["], "error: train.lr=[: not an override of the form key=value (no viable alternative at input '[')"),
+], ids=["unknown option", "misspelt section", "misspelt key", "unparsable"])
+def test_the_config_cli_says_what_is_wrong_in_one_line(tmp_path: Path, monkeypatch, args: list[str],
+                                                        expected: str) -> None:
+    import sys
+
+    from pipeline import config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pipeline.config", *args])
+    with pytest.raises(SystemExit) as stop:
+        config.main()
+    assert stop.value.code == expected
+    assert not (tmp_path / "params.yaml").exists()
+
+
+def test_the_config_cli_help_is_a_short_usage(tmp_path: Path, monkeypatch, capsys) -> None:
+    import sys
+
+    from pipeline import config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pipeline.config", "--help"])
+    config.main()
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m pipeline.config") and len(out.splitlines()) <= 5
+    assert "groups: benchmark, data, evaluate, experiment, mlflow, model" in out
+    assert not (tmp_path / "params.yaml").exists()

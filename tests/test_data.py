@@ -93,6 +93,50 @@ def test_zip_with_top_folder_reads_like_the_folder(tmp_path: Path) -> None:
         assert np.array_equal(a.arrays[split][1], b.arrays[split][1])
 
 
+def _damage(archive: Path, how: str) -> Path:
+    """A zip as a user gets it after a download or copy went wrong."""
+    data = archive.read_bytes()
+    if how == "truncated":
+        archive.write_bytes(data[: len(data) // 2])
+    elif how == "emptied":
+        archive.write_bytes(b"")
+    elif how == "central directory overwritten":
+        archive.write_bytes(data[: len(data) - 200] + bytes(200))
+    else:  # one member's compressed bytes overwritten: the central directory is whole
+        with zipfile.ZipFile(archive) as z:
+            info = z.infolist()[-1]
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        archive.write_bytes(data[:start] + bytes(info.compress_size) + data[start + info.compress_size:])
+    return archive
+
+
+@pytest.mark.parametrize("how", ["truncated", "emptied", "central directory overwritten", "member overwritten"])
+def test_a_damaged_zip_says_so_in_one_line_naming_it(tmp_path: Path, how: str) -> None:
+    archive, root = tmp_path / "fer.zip", make_layout(tmp_path / "fer", per_class=1)
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:  # compressed, as Kaggle's is
+        for p in sorted(root.rglob("*")):
+            z.write(p, p.relative_to(root).as_posix())
+    _damage(archive, how)
+    with pytest.raises(DataError) as err:
+        read_source(cfg(archive))
+    message = str(err.value)
+    assert message.startswith(f"{archive}: a damaged .zip (") and "\n" not in message
+    assert message.endswith("copy or download it again") and "neither a folder" not in message
+
+
+def test_a_damaged_zip_given_as_the_csv_is_named_a_damaged_zip(tmp_path: Path) -> None:
+    archive = _damage(zip_dir(make_layout(tmp_path / "fer", per_class=1), tmp_path / "fer.zip"), "truncated")
+    with pytest.raises(DataError, match=r"fer\.zip: a damaged \.zip \(zipfile\.BadZipFile: "):
+        read_csv(archive)
+
+
+def test_a_file_that_is_no_zip_at_all_is_still_neither(tmp_path: Path) -> None:
+    path = tmp_path / "faces.tar"
+    path.write_bytes(b"not an archive" * 100)
+    with pytest.raises(DataError, match=r"faces\.tar: neither a folder nor a \.zip of the FER2013 layout"):
+        read_source(cfg(path))
+
+
 def test_colour_png_and_other_sizes_are_converted(tmp_path: Path) -> None:
     root = make_layout(tmp_path / "fer", per_class=2)
     cv2.imwrite(str(root / "train" / "happy" / "big.png"), face(1, (64, 64, 3)))

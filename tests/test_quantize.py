@@ -100,3 +100,36 @@ def test_registering_a_byte_identical_model_returns_the_existing_version(core, t
     assert (again, new_again) == (first, False)
     versions = mlflow.MlflowClient().search_model_versions("name = 'fer-expression-test'")
     assert len(versions) == 1 and versions[0].tags[Tag.tflite_sha256] == tags[Tag.tflite_sha256]
+
+
+def _damaged(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
+                      "overwritten": bytes(len(data)), "not a model": b""}[how])
+    if how == "not a model":  # a zip, but not of a Keras model
+        import zipfile
+
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "overwritten", "not a model"])
+def test_an_unreadable_trained_model_stops_quantize_with_one_line(core, tmp_path: Path, monkeypatch, how: str) -> None:
+    from pipeline import quantize
+    from pipeline.config import PARAMS_FILE
+
+    (tmp_path / PARAMS_FILE).write_text((Path(__file__).parents[1] / PARAMS_FILE).read_text())
+    model = tmp_path / "models" / "model.keras"
+    model.parent.mkdir()
+    core.save(model)
+    _damaged(model, how)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        quantize.main()
+    message = str(stop.value.code)
+    assert message.startswith("error: models/model.keras: unreadable Keras model (") and "\n" not in message
+    assert message.endswith("re-run train (dvc repro -f -s train) or restore it from DVC's cache "
+                            "(dvc checkout models/model.keras)")
+    assert "File not found" not in message
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "models", "models/model.keras", "params.yaml"]  # nothing else written, no MLflow store opened

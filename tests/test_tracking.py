@@ -175,3 +175,50 @@ def test_dataset_logging_does_not_retry_other_errors(params, monkeypatch: pytest
     with pytest.raises(mlflow.exceptions.MlflowException, match="run gone"):
         record.log_input(_dataset("synthetic-val"), context="val", tags={})
     assert calls == [1]
+
+
+def _unwritable(db: Path) -> list[str]:
+    """Make `db` unwritable for this process, the way a user meets it: `chmod 444` (ignored by root, so as root
+    `chattr +i`, which root obeys). The commands that undo it; skip where neither holds (e.g. no chattr)."""
+    import sqlite3
+
+    if os.geteuid() != 0:
+        db.chmod(0o444)
+        undo = ["chmod", "644", str(db)]
+    elif subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode == 0:
+        undo = ["chattr", "-i", str(db)]
+    else:
+        pytest.skip("neither chmod (root) nor chattr makes a file read-only here")
+    try:
+        with sqlite3.connect(db) as probe:
+            probe.execute("CREATE TABLE t (x)")
+    except sqlite3.Error:
+        return undo
+    subprocess.run(undo, check=True)
+    pytest.skip("the file is still writable here")
+
+
+@pytest.mark.parametrize("kind", ["read-only file", "folder"])
+def test_a_store_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path, monkeypatch, capfd, kind: str) -> None:
+    db = tmp_path / "mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    params = parse_params(compose())
+    undo: list[str] = []
+    if kind == "folder":
+        db.mkdir()
+    else:
+        with tracking.stage_run("prepare", params):  # a store with a run in it, as a user has
+            pass
+        undo = _unwritable(db)
+    before = db.read_bytes() if db.is_file() else None
+    try:
+        with pytest.raises(SystemExit) as stop, tracking.stage_run("prepare", params):
+            pass
+    finally:
+        if undo:
+            subprocess.run(undo, check=True)
+    assert str(stop.value.code).startswith(f"error: {db}: the MLflow store cannot be written (")
+    assert "Traceback" not in capfd.readouterr().err
+    assert (db.read_bytes() if db.is_file() else None) == before

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import keras
+import mlflow
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ from pipeline.config import compose, parse_params
 from pipeline.prepared import PreparedReport
 from pipeline.synthetic import generate
 from pipeline.train import checkpoint_dir, train
-from pipeline.training import SharpnessAware
+from pipeline.training import Diverged, SharpnessAware
 
 TINY = ["data.n_train=280", "data.n_test=70", "train.epochs=2", "train.batch_size=32"]
 
@@ -225,3 +226,124 @@ def test_an_interrupted_ensemble_keeps_its_finished_members(splits, tmp_path: Pa
     result = train_members(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: steps.append(step))
     assert kept.stat().st_mtime_ns == made and "finished earlier: 1 epochs" in capsys.readouterr().out
     assert steps == [1, 2] and result.metrics["train/epochs"] == 2  # member 1 replayed, member 2 resumed
+
+
+def test_a_diverging_training_stops_at_the_first_nan_loss(splits, tmp_path: Path) -> None:
+    p = params("train.lr=1e9", "train.epochs=3")
+    logged: list[int] = []
+    with pytest.raises(Diverged, match=r"the training loss became (nan|inf) in epoch 1, batch \d+: training "
+                                       r"diverged; lower train\.lr \(now 1e\+09\)") as err:
+        train(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: logged.append(step))
+    assert "\n" not in str(err.value)
+    assert logged == []  # not one epoch of NaN curves logged, no backup of NaN weights taken
+    assert not (tmp_path / "ckpt" / "backup").exists()
+
+
+def test_a_diverging_train_stage_exits_with_one_line_and_writes_no_model(store: str, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from pipeline import artifacts, prepare
+    from pipeline import train as stage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    (tmp_path / "params.yaml").write_text(OmegaConf.to_yaml(compose([*TINY, "train.lr=1e9"])))
+    prepare.main()
+    with pytest.raises(SystemExit) as stop:
+        stage.main()
+    message = str(stop.value.code)
+    assert message.startswith("error: [train] the training loss became") and "\n" not in message
+    assert "lower train.lr (now 1e+09)" in message and message.endswith("no model was written")
+    assert not artifacts.KERAS_MODEL.exists() and not artifacts.TRAIN_METRICS.exists()
+    runs = mlflow.MlflowClient(store).search_runs(
+        [mlflow.MlflowClient(store).get_experiment_by_name(parse_params(compose()).mlflow.experiment_name)
+         .experiment_id], max_results=1)
+    assert runs[0].info.status == "FAILED" and "train/epochs" not in runs[0].data.metrics
+
+
+@pytest.fixture(scope="module")
+def interrupted(splits, tmp_path_factory) -> Path:
+    """A checkpoint of a 3-epoch training stopped after epoch 2: backup of epoch 2 (latest) and 1 (.bkp)."""
+    p, folder = params("train.epochs=3"), tmp_path_factory.mktemp("interrupted") / "ckpt"
+
+    def interrupt_after_second_epoch(metrics: dict, step: int) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(p.model, p.train, *splits, folder, log=interrupt_after_second_epoch)
+    keras.mixed_precision.set_global_policy("float32")
+    return folder
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else bytes(len(data)))
+
+
+@pytest.mark.parametrize("how", ["truncated", "overwritten"])
+@pytest.mark.parametrize(("damaged", "resumes_after"), [(["latest.weights.h5"], 1), (["latest.weights.h5.bkp"], 2),
+                                                        (["latest.weights.h5", "latest.weights.h5.bkp"], 0)],
+                         ids=["latest", "bkp", "both"])
+def test_a_damaged_checkpoint_is_set_aside_and_the_previous_one_resumed(splits, interrupted: Path, tmp_path: Path,
+                                                                        capsys, damaged: list[str], how: str,
+                                                                        resumes_after: int) -> None:
+    import shutil
+
+    folder = shutil.copytree(interrupted, tmp_path / "ckpt")
+    for name in damaged:
+        _damage(folder / "backup" / name, how)
+    kept = {name: (folder / "backup" / name).read_bytes() for name in damaged}
+    p, steps = params("train.epochs=3"), []
+    result = train(p.model, p.train, *splits, folder, log=lambda m, step: steps.append(step))
+    assert steps == [1, 2, 3] and [r["epoch"] for r in result.history] == [1, 2, 3]  # each epoch logged once
+    out = capsys.readouterr().out
+    for name in damaged:  # one line each, and the file is renamed, not deleted
+        assert f"[train] checkpoint {folder / 'backup' / name} unreadable (" in out
+        assert (folder / "unreadable" / name).read_bytes() == kept[name]
+    if resumes_after:
+        assert f"resuming after epoch {resumes_after} from" in out
+    else:
+        assert "no readable checkpoint left" in out and "training starts fresh" in out and "resuming" not in out
+
+
+def test_a_backup_write_that_fails_half_way_leaves_the_previous_pair_readable(tmp_path: Path) -> None:
+    """A kill or power loss inside Keras' save: the files being replaced are never the ones written to."""
+    from pipeline.train import callbacks_for
+    from pipeline.training import EpochLog, usable_backup
+
+    p = params()
+    (backup,) = [c for c in callbacks_for(p.train, EpochLog(2, 10, 2), tmp_path, 5, 0.0)
+                 if isinstance(c, keras.callbacks.BackupAndRestore)]
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    backup.set_model(model)
+    backup.on_epoch_end(0)  # epoch 1 backed up
+    backup.on_epoch_end(1)  # epoch 2 backed up, epoch 1 kept as .bkp
+
+    def cut_short(filepath: str | Path, overwrite: bool = True) -> None:
+        Path(filepath).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # the first bytes, then the power goes
+        raise OSError("killed")
+
+    model.save_weights = cut_short
+    with pytest.raises(OSError, match="killed"):
+        backup.on_epoch_end(2)
+    assert usable_backup(tmp_path / "backup", tmp_path / "unreadable") == 2
+    assert not (tmp_path / "unreadable").exists()
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == [
+        "latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json", "training_metadata.json.bkp"]
+
+
+def test_an_unreadable_finished_member_is_set_aside_and_trained_again(tmp_path: Path, capsys) -> None:
+    from pipeline.train import finished_member
+
+    folder = tmp_path / "member1"
+    folder.mkdir()
+    (folder / "member.json").write_text('{"metrics": {}, "how": {}}')
+    (folder / "member.keras").write_bytes(b"PK\x03\x04 cut short")
+    (folder / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    assert finished_member(folder, None) is None
+    assert "unreadable (" in capsys.readouterr().out
+    assert sorted(p.name for p in (folder / "unreadable").iterdir()) == ["history.csv", "member.json", "member.keras"]

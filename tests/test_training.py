@@ -3,7 +3,9 @@ erasing), run in-process on toy data."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import sys
 
 import keras
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import compose, parse_params
-from pipeline.training import TimeBudget, augmenter, lr_schedule, make_dataset, optimizer
+from pipeline.training import EpochLog, TimeBudget, augmenter, epochs_trained, lr_schedule, make_dataset, optimizer
 
 
 def _train_config(**overrides):
@@ -163,3 +165,59 @@ def test_a_resumed_run_does_not_replay_the_batches_of_its_first_epoch() -> None:
     assert not np.array_equal(after_three, first)
     assert not np.array_equal(after_four, after_three)
     np.testing.assert_array_equal(_first_batch(cfg, 3), after_three)  # a resume is reproducible too
+
+
+def _epoch_log(clock) -> tuple[EpochLog, list[tuple[dict, int]]]:
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    logged: list[tuple[dict, int]] = []
+    progress = EpochLog(epochs=4, n_train=320, batch_size=32, log=lambda m, step: logged.append((m, step)),
+                        clock=clock)
+    progress.set_model(model)
+    return progress, logged
+
+
+def test_an_epoch_cut_short_by_the_time_budget_is_logged_as_the_part_it_was(capsys) -> None:
+    """10 batches of 32 per epoch; a whole epoch (1 s a batch, then 5 s of validation), then one that the budget
+    ends after 3 batches: 1.3 epochs, and 32 images/s in both, not 32 x 3 / 8 s."""
+    now = [0.0]
+    progress, logged = _epoch_log(lambda: now[0])
+    for epoch, batches in enumerate([10, 3]):
+        progress.on_epoch_begin(epoch)
+        for batch in range(batches):
+            now[0] += 1.0
+            progress.on_train_batch_end(batch)
+        now[0] += 5.0  # validation
+        logs = {"loss": 1.0, "accuracy": 0.5}
+        progress.on_epoch_end(epoch, logs)
+        assert logs["epoch_fraction"] == batches / 10  # into the CSV history that resumes and metrics read
+    assert [m["images_per_s"] for m, _ in logged] == [32.0, 32.0]
+    assert progress.typical_images_per_s() == 32.0
+    assert "epoch 2/4 (partial: 3 of 10 batches)" in capsys.readouterr().out
+    rows = [{"epoch": 1, "epoch_fraction": 1.0}, {"epoch": 2, "epoch_fraction": 0.3}]
+    assert epochs_trained(rows) == 1.3 and epochs_trained([{"epoch": 1}, {"epoch": 2}]) == 2
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "log file"])
+def test_a_bar_shows_the_batches_within_an_epoch_only_on_a_terminal(monkeypatch, capsys, terminal: bool) -> None:
+    stderr = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    progress, _ = _epoch_log(lambda: 0.0)
+    progress.on_epoch_begin(0)
+    for batch in range(4):
+        progress.on_train_batch_end(batch, {"loss": 1.25})
+    if terminal:  # tqdm redraws at most 10 times a second: ask for the drawing a user would see next
+        progress._bar.refresh()
+    shown = stderr.getvalue()
+    progress.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5})
+    if terminal:
+        assert "[train] epoch 1/4" in shown and "4/10" in shown and "loss=1.2500" in shown
+    else:
+        assert shown == ""
+    assert progress._bar is None  # cleared before the epoch's line, which is printed either way
+    assert "[train] epoch 1/4 (partial: 4 of 10 batches)" in capsys.readouterr().out
