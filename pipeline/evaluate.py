@@ -1,10 +1,10 @@
 """Stage `evaluate`: score the Keras model and every TFLite variant on the test split; promote.
 
-Reads `evaluate` from params.yaml. `evaluate()` turns each model's test scores into accuracy, macro-F1,
-per-class precision/recall/F1, confusion matrix and agreement with Keras (how often a quantized variant
-picks the same class), beside a raw-pixel logistic regression on the same splits: the floor any CNN must
-clear (tested in-process). `main()` then tags the registered version with its test metrics and moves the
-`champion` alias to it if it beats the current one on `evaluate.promote_metric`, and, for a FER2013 model,
+Reads `evaluate` from params.yaml. `evaluate()` (the core) turns each model's test scores into accuracy,
+macro-F1, per-class precision/recall/F1, confusion matrix and agreement with Keras (how often a quantized
+variant picks the same class), beside a raw-pixel logistic regression on the same splits: the floor any CNN
+must clear (tested in-process). `promote()` then tags the registered version with its test metrics and moves
+the `champion` alias to it if it beats the current one on `evaluate.promote_metric`, and, for a FER2013 model,
 the release model bundled in the package scored on the same test split here: the runner follows the
 champion, so a quick run promoted into an empty registry would otherwise replace a better model unseen.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,11 @@ import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from pipeline import artifacts, cli
+from pipeline.config import EvaluateConfig
 from pipeline.inference.classifier import ModelError, TFLiteClassifier, read_labels, read_labels_file, usable_cores
 from pipeline.inference.contract import CLASSES, Tag
 from pipeline.metrics import recall
-from pipeline.prepared import load_split
+from pipeline.prepared import PreparedReport, load_split
 
 
 def present_classes(y_true: np.ndarray) -> list[int]:
@@ -99,7 +101,7 @@ def floor_value(floor: str, metric: str, baseline: dict[str, float] | None, clas
     return 1.0 / classes if floor in ("baseline", "chance") else None
 
 
-def evaluate(y_test: np.ndarray, all_scores: dict[str, np.ndarray], labels: list[str]) -> dict[str, dict]:
+def score_models(y_test: np.ndarray, all_scores: dict[str, np.ndarray], labels: list[str]) -> dict[str, dict]:
     """Per model: `score()` plus its agreement with the Keras model's predictions."""
     keras_pred = all_scores["keras"].argmax(axis=1)
     models = {}
@@ -138,13 +140,9 @@ def labelled_faces(path: Path, usages: set[str] | None) -> tuple[np.ndarray, np.
     return np.stack([data.images[i] for i in keep]), np.asarray([data.labels[i] for i in keep], np.uint8), info
 
 
-def standalone(args: list[str]) -> None:
-    """`model=<uri or .tflite> data.path=<folder|zip|csv> [data.usage=PublicTest,...] | split=<train|val|test>`:
-    metrics JSON on stdout, nothing written; which faces were scored, and the classes absent from them, on
-    stderr and in the JSON. `split=val` compares finished models on the split that recipes are chosen on."""
-    from pipeline.data import USAGES, DataError
-    from pipeline.inference.contract import default_tracking_uri
-    from pipeline.inference.registry import resolve
+def standalone_options(args: list[str]) -> dict[str, str]:
+    """The scorer's `key=value` arguments, each checked: a bad one is one line naming it."""
+    from pipeline.data import USAGES
 
     options = dict(a.split("=", 1) for a in args if "=" in a)
     allowed = {"model", "data.path", "data.usage", "split", "threads"}
@@ -152,20 +150,35 @@ def standalone(args: list[str]) -> None:
     if unknown:
         raise SystemExit(f"error: unknown argument(s) {', '.join(sorted(unknown))} "
                          "(allowed: model=, data.path=, data.usage=, split=, threads=)")
-    split = options.get("split", "test")
-    if split not in ("train", "val", "test"):
-        raise SystemExit(f"error: split={split}: expected train, val or test")
-    if "split" in options and "data.path" in options:
+    if options.setdefault("split", "test") not in ("train", "val", "test"):
+        raise SystemExit(f"error: split={options['split']}: expected train, val or test")
+    if "split" in args_keys(args) and "data.path" in options:
         raise SystemExit("error: give data.path= or split=, not both")
-    usages = set(options["data.usage"].split(",")) if "data.usage" in options else None
-    if usages is not None and usages - set(USAGES):
+    if "data.usage" in options and set(options["data.usage"].split(",")) - set(USAGES):
         raise SystemExit(f"error: data.usage={options['data.usage']}: expected one or more of {', '.join(USAGES)}, "
                          "comma-separated")
-    if usages is not None and "data.path" not in options:
+    if "data.usage" in options and "data.path" not in options:
         raise SystemExit("error: data.usage= goes with data.path= (a prepared split= is one usage already)")
-    threads = options.get("threads", "1")
-    if not threads.isdigit() or int(threads) < 1:
-        raise SystemExit(f"error: threads={threads}: expected a whole number >= 1")
+    if not options.setdefault("threads", "1").isdigit() or int(options["threads"]) < 1:
+        raise SystemExit(f"error: threads={options['threads']}: expected a whole number >= 1")
+    return options
+
+
+def args_keys(args: list[str]) -> set[str]:
+    return {a.split("=", 1)[0] for a in args if "=" in a}
+
+
+def standalone(args: list[str]) -> None:
+    """`model=<uri or .tflite> data.path=<folder|zip|csv> [data.usage=PublicTest,...] | split=<train|val|test>`:
+    metrics JSON on stdout, nothing written; which faces were scored, and the classes absent from them, on
+    stderr and in the JSON. `split=val` compares finished models on the split that recipes are chosen on."""
+    from pipeline.data import DataError
+    from pipeline.inference.contract import default_tracking_uri
+    from pipeline.inference.registry import resolve
+
+    options = standalone_options(args)
+    split, threads = options["split"], options["threads"]
+    usages = set(options["data.usage"].split(",")) if "data.usage" in options else None
     try:
         resolved = resolve(options.get("model", str(artifacts.tflite_path("int8"))), default_tracking_uri())
         if "data.path" in options:
@@ -241,14 +254,14 @@ def log(metrics: dict[str, float], details: dict[str, Any], registered: dict) ->
 
 
 def score_exports(x_test: np.ndarray, y_test: np.ndarray, labels: list[str]) -> tuple[dict[str, dict], dict]:
-    """Every model's metrics (`evaluate()`) and its scores, the Keras model and each exported .tflite."""
+    """Every model's metrics (`score_models()`) and its scores, the Keras model and each exported .tflite."""
     import keras
 
     model = keras.models.load_model(artifacts.KERAS_MODEL)
     all_scores = {"keras": model.predict(x_test[..., None].astype(np.float32), batch_size=256, verbose=0)}
     for path in sorted(artifacts.TFLITE_DIR.glob("*.tflite")):
         all_scores[path.stem] = TFLiteClassifier(path, labels, num_threads=usable_cores()).predict(x_test)
-    return evaluate(y_test, all_scores, labels), all_scores
+    return score_models(y_test, all_scores, labels), all_scores
 
 
 def score_release(x_test: np.ndarray, y_test: np.ndarray, labels: list[str], trained_on: str | None,
@@ -292,6 +305,68 @@ def score_on_val(variant: str, labels: list[str]) -> dict[str, Any] | None:
     return val
 
 
+@dataclass
+class Evaluation:
+    """What the stage measured, before anything is decided or written: every model on the test split, the
+    floor and the bundled release model it must beat, and what ships scored on val."""
+
+    variant: str
+    models: dict[str, dict]
+    predicted: np.ndarray  # the registered variant's classes on the test split (for the plots)
+    baseline: dict[str, float] | None
+    floor: float | None
+    release: dict[str, Any] | None
+    val: dict[str, Any] | None
+
+
+def evaluate(cfg: EvaluateConfig, variant: str, labels: list[str], report: PreparedReport,
+             val_held_out: bool) -> Evaluation:
+    """Score the Keras model and every export on the test split, beside the raw-pixel baseline and (for a
+    FER2013 model) the bundled release model; the registered `variant` on val too when val was held out."""
+    x_test, y_test = load_split("test")
+    models, all_scores = score_exports(x_test, y_test, labels)
+    if absent := models[variant]["absent_classes"]:
+        print(f"[evaluate] the test split has no faces of {', '.join(absent)}: per-class "
+              f"figures and macro-F1 are over the {len(labels) - len(absent)} classes present")
+    baseline = logreg_baseline(*load_split("train"), x_test, y_test, cfg.baseline_samples) \
+        if cfg.baseline_samples else None
+    if baseline:
+        print(f"[evaluate] raw-pixel logistic regression baseline: accuracy {baseline['accuracy']:.4f}, "
+              f"macro-F1 {baseline['macro_f1']:.4f}")
+    trained_on = read_labels_file(artifacts.TFLITE_LABELS).get("trained_on")
+    return Evaluation(
+        variant, models, all_scores[variant].argmax(axis=1), baseline,
+        floor_value(str(cfg.floor), str(cfg.promote_metric), baseline, len(labels)),
+        score_release(x_test, y_test, labels, trained_on, report.digests["test"]),
+        score_on_val(variant, labels) if val_held_out else None)
+
+
+def promote(result: Evaluation, registered: dict, cfg: EvaluateConfig, test_digest: str) -> dict[str, Any]:
+    """Tag the registered version with its test figures (and the release model's beside them) and move
+    `champion` to it if it beats the champion, the floor and the release model; the decision with its reason."""
+    from pipeline import tracking
+
+    best, rival, metric = result.models[result.variant], result.release, str(cfg.promote_metric)
+    tracking.set_version_tags(registered["name"], registered["version"], {
+        Tag.test_accuracy: best["accuracy"], Tag.test_macro_f1: best["macro_f1"],
+        **({Tag.release_model: rival["model"], Tag.release_test_accuracy: rival["accuracy"],
+            Tag.release_test_macro_f1: rival["macro_f1"]} if rival else {})})
+    decision = tracking.promote(registered["name"], registered["version"], metric, best[metric], test_digest,
+                                str(cfg.new_test_split), result.floor,
+                                (rival["model"], rival[metric]) if rival else None)
+    print(f"[evaluate] promotion of {registered['name']} v{registered['version']}: "
+          f"{'promoted to' if decision['promoted'] else 'not'} champion ({decision['reason']})")
+    return decision
+
+
+def details(result: Evaluation, report: PreparedReport, registered: dict, decision: dict) -> dict[str, Any]:
+    return {"variant": result.variant, "protocol": report.protocol, "test_split": report.mapping["test"],
+            "test_size": len(result.predicted), "test_digest": report.digests["test"],
+            "baseline_logreg": result.baseline, "promotion_floor": result.floor,
+            "registered": {k: registered[k] for k in ("name", "version", "run_id")},
+            "promotion": decision, "models": result.models, "val": result.val, "release_model": result.release}
+
+
 def main() -> None:
     if len(sys.argv) > 1:
         standalone(sys.argv[1:])
@@ -301,52 +376,23 @@ def main() -> None:
     from pipeline.files import read_run_record, write_json
     from pipeline.prepared import read_report
 
-    params = load_params()
-    cfg = params.evaluate
-    (x_test, y_test), report = load_split("test"), read_report()
+    params, report = load_params(), read_report()
     registered = json.loads(artifacts.REGISTERED.read_text())
     labels = read_labels(artifacts.TFLITE_LABELS)
     if labels != list(CLASSES):
         raise SystemExit(f"error: {artifacts.TFLITE_LABELS}: labels {labels} differ from the canonical {CLASSES}")
-
     with tracking.stage_run("evaluate", params):
-        models, all_scores = score_exports(x_test, y_test, labels)
-        variant = registered["variant"]
-        best = models[variant]
-        if best["absent_classes"]:
-            print(f"[evaluate] the test split has no faces of {', '.join(best['absent_classes'])}: per-class "
-                  f"figures and macro-F1 are over the {len(labels) - len(best['absent_classes'])} classes present")
-        baseline = logreg_baseline(*load_split("train"), x_test, y_test, cfg.baseline_samples) \
-            if cfg.baseline_samples else None
-        if baseline:
-            print(f"[evaluate] raw-pixel logistic regression baseline: accuracy {baseline['accuracy']:.4f}, "
-                  f"macro-F1 {baseline['macro_f1']:.4f}")
-        metric = str(cfg.promote_metric)
-        floor = floor_value(str(cfg.floor), metric, baseline, len(labels))
-        rival = score_release(x_test, y_test, labels, read_labels_file(artifacts.TFLITE_LABELS).get("trained_on"),
-                              report.digests["test"])
-        tracking.set_version_tags(registered["name"], registered["version"], {
-            Tag.test_accuracy: best["accuracy"], Tag.test_macro_f1: best["macro_f1"],
-            **({Tag.release_model: rival["model"], Tag.release_test_accuracy: rival["accuracy"],
-                Tag.release_test_macro_f1: rival["macro_f1"]} if rival else {})})
-        decision = tracking.promote(registered["name"], registered["version"], metric, best[metric],
-                                    report.digests["test"], str(cfg.new_test_split), floor,
-                                    (rival["model"], rival[metric]) if rival else None)
-        print(f"[evaluate] promotion of {registered['name']} v{registered['version']}: "
-              f"{'promoted to' if decision['promoted'] else 'not'} champion ({decision['reason']})")
-        write_plots(y_test, all_scores[variant].argmax(axis=1), x_test, best, variant, labels, cfg.sample_grid)
-        val = None if params.train.include_val else score_on_val(variant, labels)
-        details = {
-            "variant": variant, "protocol": report.protocol, "test_split": report.mapping["test"],
-            "test_size": len(y_test), "test_digest": report.digests["test"],
-            "baseline_logreg": baseline, "promotion_floor": floor,
-            "registered": {k: registered[k] for k in ("name", "version", "run_id")},
-            "promotion": decision, "models": models, "val": val, "release_model": rival,
-        }
-        metrics = flat(models, variant, baseline, floor, len(y_test), val, rival)
-        write_json(artifacts.EVALUATE_DETAILS, details)
+        result = evaluate(params.evaluate, registered["variant"], labels, report, not params.train.include_val)
+        decision = promote(result, registered, params.evaluate, report.digests["test"])
+        x_test, y_test = load_split("test")
+        write_plots(y_test, result.predicted, x_test, result.models[result.variant], result.variant, labels,
+                    params.evaluate.sample_grid)
+        metrics = flat(result.models, result.variant, result.baseline, result.floor, len(y_test), result.val,
+                       result.release)
+        recorded = details(result, report, registered, decision)
+        write_json(artifacts.EVALUATE_DETAILS, recorded)
         write_json(artifacts.EVALUATE_METRICS, metrics)
-        log(metrics, details, registered)
+        log(metrics, recorded, registered)
     experiment_id = read_run_record("evaluate")["experiment_id"]
     print(f"[evaluate] {tracking.links(params.mlflow, experiment_id, registered['name'])}")
 

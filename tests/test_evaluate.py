@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.evaluate import evaluate, flat, floor_value, logreg_baseline, score, score_release, standalone
+from pipeline.evaluate import flat, floor_value, logreg_baseline, score, score_models, score_release, standalone
 from pipeline.inference import registry
 from pipeline.inference.classifier import TFLiteClassifier
 from pipeline.inference.contract import CLASSES
@@ -38,7 +38,7 @@ def test_score_matches_its_definition() -> None:
 
 def test_agreement_counts_matching_predictions_with_keras() -> None:
     y = np.array([0, 1, 2, 3])
-    models = evaluate(y, {"keras": one_hot([0, 1, 2, 3]), "int8": one_hot([0, 1, 2, 4])}, list(CLASSES))
+    models = score_models(y, {"keras": one_hot([0, 1, 2, 3]), "int8": one_hot([0, 1, 2, 4])}, list(CLASSES))
     assert models["keras"]["agreement_with_keras"] == 1.0 and models["int8"]["agreement_with_keras"] == 0.75
     assert models["int8"]["accuracy"] == 0.75
 
