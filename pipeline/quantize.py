@@ -16,6 +16,7 @@ from __future__ import annotations
 import tempfile
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -112,42 +113,63 @@ def register(path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -
     return version, True
 
 
+@dataclass
+class Quantized:
+    """One trained model's exports: each variant's flatbuffer, and the labels sidecar they all travel with."""
+
+    flatbuffers: dict[str, bytes]
+    sidecar: dict
+    macs: int  # per face, all test-time views included
+
+
+def quantize(core: keras.Model, cfg: QuantizeConfig, calibration: np.ndarray, report: PreparedReport) -> Quantized:
+    """The trained network wrapped in its test-time views and converted to every configured variant."""
+    model, flatbuffers = export(core, cfg, calibration)
+    macs = count_macs(model)
+    return Quantized(flatbuffers, sidecar(report, cfg.views, macs), macs)
+
+
+def write_exports(result: Quantized) -> None:
+    """Each .tflite (atomically) and labels.json; a variant that LiteRT cannot load fails here, not in use."""
+    write_json(artifacts.TFLITE_LABELS, result.sidecar)
+    for variant, flatbuffer in result.flatbuffers.items():
+        path = artifacts.tflite_path(variant)
+        with atomic_path(path) as out:
+            out.write_bytes(flatbuffer)
+        TFLiteClassifier(path, list(CLASSES))
+        print(f"[quantize] {variant:8s} {path.stat().st_size / 1024:8.1f} KiB -> {path}")
+
+
+def register_export(cfg: QuantizeConfig, report: PreparedReport, run_id: str, example: np.ndarray) -> dict:
+    """Register the configured variant as a version of `<model_name>-<data family>`, tagged with what made
+    it; what models/registered.json records."""
+    name = registered_name(cfg.model_name, family_of(report))
+    registered = artifacts.tflite_path(cfg.register)
+    sha, git = sha256_of(registered), tracking.git_state()
+    version, new = register(registered, name, example, {
+        Tag.run_id: run_id, Tag.variant: str(cfg.register), Tag.tflite_sha256: sha,
+        Tag.data_source: report.source, Tag.data_path: report.path, Tag.protocol: report.protocol,
+        Tag.train_digest: report.digests["train"], Tag.test_digest: report.digests["test"],
+        Tag.git_commit: git["commit"], Tag.git_dirty: git["dirty"],
+        Tag.dvc_data_md5: tracking.data_dependency_md5(report.path) or "",
+    })
+    print(f"[quantize] {'registered' if new else 'already registered, byte-identical:'} {name} "
+          f"version {version} ({cfg.register})")
+    return {"name": name, "version": version, "run_id": run_id, "variant": str(cfg.register),
+            "tflite": str(registered), "tflite_sha256": sha}
+
+
 def main() -> None:
     params = load_params()
-    cfg = params.quantize
     core = load_trained_model(artifacts.KERAS_MODEL)
     (x_train, _), (x_test, _) = load_split("train"), load_split("test")
     report = read_report()
-
     with tracking.stage_run("quantize", params) as run:
-        model, flatbuffers = export(core, cfg, x_train)
-        macs = count_macs(model)
-        write_json(artifacts.TFLITE_LABELS, sidecar(report, cfg.views, macs))
-        mlflow.log_artifact(str(artifacts.TFLITE_LABELS), "tflite")
-        for variant, flatbuffer in flatbuffers.items():
-            path = artifacts.tflite_path(variant)
-            with atomic_path(path) as out:
-                out.write_bytes(flatbuffer)
-            TFLiteClassifier(path, list(CLASSES))  # fails here, not in production, if the export is unusable
-            size_kb = path.stat().st_size / 1024
-            print(f"[quantize] {variant:8s} {size_kb:8.1f} KiB -> {path}")
+        result = quantize(core, params.quantize, x_train, report)
+        write_exports(result)
+        for path in [artifacts.TFLITE_LABELS, *map(artifacts.tflite_path, result.flatbuffers)]:
             mlflow.log_artifact(str(path), "tflite")
-
-        name = registered_name(cfg.model_name, family_of(report))
-        registered = artifacts.tflite_path(cfg.register)
-        sha, git = sha256_of(registered), tracking.git_state()
-        version, new = register(registered, name, x_test[:2], {
-            Tag.run_id: run.run_id, Tag.variant: str(cfg.register), Tag.tflite_sha256: sha,
-            Tag.data_source: report.source, Tag.data_path: report.path, Tag.protocol: report.protocol,
-            Tag.train_digest: report.digests["train"], Tag.test_digest: report.digests["test"],
-            Tag.git_commit: git["commit"], Tag.git_dirty: git["dirty"],
-            Tag.dvc_data_md5: tracking.data_dependency_md5(report.path) or "",
-        })
-        write_json(artifacts.REGISTERED, {"name": name, "version": version, "run_id": run.run_id,
-                                          "variant": str(cfg.register), "tflite": str(registered),
-                                          "tflite_sha256": sha})
-        print(f"[quantize] {'registered' if new else 'already registered, byte-identical:'} {name} "
-              f"version {version} ({cfg.register})")
+        write_json(artifacts.REGISTERED, register_export(params.quantize, report, run.run_id, x_test[:2]))
 
 
 if __name__ == "__main__":
