@@ -217,15 +217,12 @@ def _end_run_quietly(status: int) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
-    """Log a stage into its execution's run; FAILED on error, KILLED on SIGINT/SIGTERM, never left RUNNING."""
-    experiment_id = connect(params.mlflow)
-    for run_id in mark_stale_runs(experiment_id):
-        print(f"[{stage}] marked stale run {run_id} KILLED (its process is gone)")
-    digest = params_digest(params)
-    run_id, interrupted = _continuable_run(stage, digest)
-    git = git_state()
-    exp_name = os.environ.get("DVC_EXP_NAME", "")
+def _start(run_id: str | None, experiment_id: str, params: Params, digest: str,
+           interrupted: str | None) -> mlflow.ActiveRun:
+    """Continue `run_id`, or start a new run tagged with what made it: commit, DVC experiment, params digest."""
+    if run_id:
+        return mlflow.start_run(run_id=run_id, experiment_id=experiment_id)
+    git, exp_name = git_state(), os.environ.get("DVC_EXP_NAME", "")
     tags = {"mlflow.source.git.commit": git["commit"], "git.dirty": git["dirty"],
             "mlflow.source.name": "dvc.yaml",  # the run is the pipeline's, not its first stage's script
             "pipeline.params_digest": digest, "pipeline.data_family": params.data.family}
@@ -235,12 +232,21 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
         tags["pipeline.resumes_run"] = interrupted
     if parent := os.environ.get("PIPELINE_SEARCH_PARENT_RUN_ID"):  # a trial of pipeline.search
         tags["mlflow.parentRunId"] = parent  # nests the trial's run under its study's run
+    return mlflow.start_run(experiment_id=experiment_id, run_name=exp_name or f"repro-{git['commit'][:7]}",
+                            tags=tags | config_tags(params))
+
+
+def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
+    """Log a stage into its execution's run; FAILED on error, KILLED on SIGINT/SIGTERM, never left RUNNING."""
+    experiment_id = connect(params.mlflow)
+    for run_id in mark_stale_runs(experiment_id):
+        print(f"[{stage}] marked stale run {run_id} KILLED (its process is gone)")
+    digest = params_digest(params)
+    run_id, interrupted = _continuable_run(stage, digest)
     data_md5 = data_dependency_md5(params.data.path) if stage != "prepare" else None  # prepare's lock entry
     # is written by DVC after prepare ends, so the first later stage records it
     previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
-                           run_name=None if run_id else exp_name or f"repro-{git['commit'][:7]}",
-                           tags=None if run_id else tags | config_tags(params))
+    run = _start(run_id, experiment_id, params, digest, interrupted)
     try:
         mlflow.set_tags(process_tags() | {f"pipeline.stage.{stage}": "running", "pipeline.status": f"{stage} running"}
                         | ({"dvc.data_md5": data_md5} if data_md5 else {}))

@@ -312,38 +312,43 @@ def promote(client: Any, name: str, version: str, metric: str, value: float, tes
         decision: dict[str, Any] = {"model": name, "version": str(version), "metric": metric, "value": value}
         if release is not None:
             decision.update(release_model=release[0], release_value=release[1])
-        over_release = "" if release is None else f" and > the bundled release model's {release[1]:.4f}"
-        if floor is not None and value <= floor:
-            promote_it, reason = False, f"{metric} {value:.4f} is not above the floor {floor:.4f}"
-        elif release is not None and value <= release[1] and not (champion and str(champion.version) == str(version)):
-            promote_it = False
-            reason = (f"{metric} {value:.4f} <= the bundled release model's {release[1]:.4f} on this test split "
-                      f"({release[0]}); " + (f"champion v{champion.version} kept" if champion else
-                                            "no champion, so the release model stays the default"))
-        elif champion is None:
-            promote_it = True
-            reason = "no champion yet" + (f"; {metric} {value:.4f} > the bundled release model's {release[1]:.4f}"
-                                          if release else "")
-        elif str(champion.version) == str(version):
-            promote_it, reason = False, "already champion"
-        elif champion.tags.get(Tag.test_digest) != test_digest:
-            promote_it = on_new_test_split == "promote"
-            reason = (f"champion v{champion.version} was evaluated on another test split; not comparable, "
-                      + ("replaced (evaluate.new_test_split=promote)" if promote_it
-                         else "kept (evaluate.new_test_split=keep)") + (over_release if promote_it else ""))
-        elif (held := champion.tags.get(metric_tag(metric))) is None:  # never read a missing score as -inf
-            promote_it, reason = False, f"champion v{champion.version} has no {metric_tag(metric)} tag; kept"
-        else:
-            best = float(held)
-            promote_it = value > best
-            reason = (f"{metric} {value:.4f} {'>' if promote_it else '<='} champion v{champion.version} {best:.4f}"
-                      + (over_release if promote_it else ""))
-            decision["champion_value"] = best
+        promote_it, reason, held = decide(champion, str(version), metric, value, test_digest, on_new_test_split,
+                                          floor, release)
+        if held is not None:
+            decision["champion_value"] = held
         if promote_it:
             client.set_registered_model_alias(name, CHAMPION, str(version))
         decision.update(promoted=promote_it, reason=reason,
                         champion=str(version) if promote_it else (str(champion.version) if champion else None))
         return decision
+
+
+def decide(champion: Any, version: str, metric: str, value: float, test_digest: str, on_new_test_split: str,
+           floor: float | None, release: tuple[str, float] | None) -> tuple[bool, str, float | None]:
+    """The promotion rule of `promote`, pure: (promote?, the reason in words, the champion's comparable score)."""
+    over_release = "" if release is None else f" and > the bundled release model's {release[1]:.4f}"
+    if floor is not None and value <= floor:
+        return False, f"{metric} {value:.4f} is not above the floor {floor:.4f}", None
+    if release is not None and value <= release[1] and not (champion and str(champion.version) == version):
+        return False, (f"{metric} {value:.4f} <= the bundled release model's {release[1]:.4f} on this test split "
+                       f"({release[0]}); " + (f"champion v{champion.version} kept" if champion else
+                                             "no champion, so the release model stays the default")), None
+    if champion is None:
+        return True, "no champion yet" + (f"; {metric} {value:.4f} > the bundled release model's {release[1]:.4f}"
+                                          if release else ""), None
+    if str(champion.version) == version:
+        return False, "already champion", None
+    if champion.tags.get(Tag.test_digest) != test_digest:
+        promote_it = on_new_test_split == "promote"
+        return promote_it, (f"champion v{champion.version} was evaluated on another test split; not comparable, "
+                            + ("replaced (evaluate.new_test_split=promote)" if promote_it
+                               else "kept (evaluate.new_test_split=keep)") + (over_release if promote_it else "")), None
+    if (held := champion.tags.get(metric_tag(metric))) is None:  # never read a missing score as -inf
+        return False, f"champion v{champion.version} has no {metric_tag(metric)} tag; kept", None
+    best = float(held)
+    promote_it = value > best
+    return promote_it, (f"{metric} {value:.4f} {'>' if promote_it else '<='} champion v{champion.version} {best:.4f}"
+                        + (over_release if promote_it else "")), best
 
 
 # What a registered version carries besides its .tflite and labels.json: the pyfunc (logged as code) and the
