@@ -94,22 +94,9 @@ def _mouth(img: np.ndarray, cx: float, cy: float, half_w: float, cue: dict[str, 
     cv2.polylines(img, _poly(lower), False, ink, 4, _AA, _SHIFT)
 
 
-def _face(rng: np.random.Generator, label: int) -> np.ndarray:
-    """Draws one upright face; sizes and positions are jittered per sample, like different people."""
-    img = _background(rng)
-    skin = int(rng.uniform(110, 240))
-    ink = int(skin * rng.uniform(0.0, 0.25))  # brows, lids, lips: always darker than the skin
-    cx, cy = _C / 2 + rng.normal(0, 2), _C / 2 + rng.normal(0, 2)
-    fw, fh = rng.uniform(31, 37), rng.uniform(39, 45)
-    if rng.random() < 0.7:  # hair frames the head without touching the features
-        hair = int(rng.uniform(10, 200))
-        cv2.ellipse(img, _fx(cx, cy - 6), _fx(fw + 4, fh + 2), 0, 0, 360, hair, -1, _AA, _SHIFT)
-    cv2.ellipse(img, _fx(cx, cy), _fx(fw, fh), 0, 0, 360, skin, -1, _AA, _SHIFT)
-
-    # One expression strength per face, plus a little per-cue wobble so even neutral faces vary.
-    intensity = rng.uniform(0.85, 1.2)
-    cue = {k: _CUES[label].get(k, 0.0) * intensity + rng.normal(0, 0.3) for k in _CUE_NAMES}
-
+def _eyes_and_brows(img: np.ndarray, rng: np.random.Generator, cx: float, cy: float, skin: int, ink: int,
+                    cue: dict[str, float]) -> float:
+    """Both eyes (open, or a line when shut) and their brows, shaped by the expression's cues; the eyes' height."""
     eye_y, eye_dx = cy - 8 + rng.normal(0, 3), rng.uniform(11.5, 16)
     eye_w, eye_h = rng.uniform(6.0, 7.5), max(rng.uniform(3.0, 3.8) + cue["eye_open"], 0.6)
     sclera = int(np.clip(skin + rng.uniform(-10, 50), 0, 255))
@@ -127,6 +114,26 @@ def _face(rng: np.random.Generator, label: int) -> np.ndarray:
         bx = ex - s * (brow_len / 2 + cue["brow_pinch"]) + s * u * (brow_len + cue["brow_pinch"])
         by = brow_y - cue["brow_up"] - cue["brow_tilt"] * (0.5 - u) - (1.5 + cue["brow_arch"]) * 4 * u * (1 - u)
         cv2.polylines(img, _poly(np.stack([bx, by], axis=1)), False, ink, brow_thickness, _AA, _SHIFT)
+    return eye_y
+
+
+def _face(rng: np.random.Generator, label: int) -> np.ndarray:
+    """Draws one upright face; sizes and positions are jittered per sample, like different people."""
+    img = _background(rng)
+    skin = int(rng.uniform(110, 240))
+    ink = int(skin * rng.uniform(0.0, 0.25))  # brows, lids, lips: always darker than the skin
+    cx, cy = _C / 2 + rng.normal(0, 2), _C / 2 + rng.normal(0, 2)
+    fw, fh = rng.uniform(31, 37), rng.uniform(39, 45)
+    if rng.random() < 0.7:  # hair frames the head without touching the features
+        hair = int(rng.uniform(10, 200))
+        cv2.ellipse(img, _fx(cx, cy - 6), _fx(fw + 4, fh + 2), 0, 0, 360, hair, -1, _AA, _SHIFT)
+    cv2.ellipse(img, _fx(cx, cy), _fx(fw, fh), 0, 0, 360, skin, -1, _AA, _SHIFT)
+
+    # One expression strength per face, plus a little per-cue wobble so even neutral faces vary.
+    intensity = rng.uniform(0.85, 1.2)
+    cue = {k: _CUES[label].get(k, 0.0) * intensity + rng.normal(0, 0.3) for k in _CUE_NAMES}
+
+    eye_y = _eyes_and_brows(img, rng, cx, cy, skin, ink, cue)
 
     nose_y = cy + 8 + rng.normal(0, 1)
     cv2.line(img, _fx(cx, eye_y + 3), _fx(cx + 1, nose_y), ink, 1, _AA, _SHIFT)

@@ -133,6 +133,17 @@ def callbacks_for(cfg: TrainConfig, progress: EpochLog, checkpoint: Path, steps:
     return callbacks
 
 
+def resume_point(checkpoint: Path, log: MetricsLogger | None) -> list[dict[str, float]]:
+    """The epochs a checkpoint holds (replayed into `log`): the history up to the last readable backup, after
+    a damaged one is set aside; [] to start from scratch."""
+    backed_up = usable_backup(checkpoint / "backup", checkpoint / "unreadable")
+    resumed = [row for row in read_history(checkpoint / "history.csv") if row["epoch"] <= backed_up]
+    if resumed:  # rows past the backup are trained again
+        print(f"[train] resuming after epoch {resumed[-1]['epoch']} from {checkpoint}")
+        replay(resumed, log)
+    return resumed
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_split: Split, checkpoint: Path,
           log: MetricsLogger | None = None, teacher_scores: np.ndarray | None = None) -> TrainResult:
     """Train (or resume from `checkpoint`) and return the model, its history and the val metrics.
@@ -153,11 +164,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
     print(f"[train] {model_cfg.name}: {model.count_params():,} parameters, {macs / 1e6:.1f} M MACs/face; "
           f"{len(x_train)} train {'(val included)' if cfg.include_val else f'/ {len(x_val)} val'} images, "
           f"{cfg.epochs} epochs")
-    backed_up = usable_backup(checkpoint / "backup", checkpoint / "unreadable")  # a damaged backup: set aside
-    resumed = [row for row in read_history(csv_log) if row["epoch"] <= backed_up]  # rows past the backup rerun
-    if resumed:
-        print(f"[train] resuming after epoch {resumed[-1]['epoch']} from {checkpoint}")
-        replay(resumed, log)
+    resumed = resume_point(checkpoint, log)
     spent = resumed[-1].get("train_s", 0.0) if resumed else 0.0
     done = int(resumed[-1]["epoch"]) if resumed else 0  # a resumed run draws a fresh random stream
     progress = EpochLog(cfg.epochs, len(x_train), cfg.batch_size, spent, log)
