@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.inference.contract import Family
 from pipeline.inference.detector_config import DETECTORS
+from pipeline.inference.errors import first_line
 from pipeline.inference.schema import ConfigError, bounded, required, validate_section
 
 PARAMS_FILE = Path("params.yaml")
@@ -516,7 +517,7 @@ def composition_error(error: Exception, overrides: list[str]) -> str:
     override that does not parse."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first = first_line(error)
     if isinstance(error, MissingConfigException) and "Could not find '" in first:
         group, _, option = first.split("Could not find '", 1)[1].rstrip("'").rpartition("/")
         options = sorted(f.stem for f in (CONF_DIR / group).glob("*.yaml"))

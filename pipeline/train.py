@@ -185,12 +185,16 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_spli
         "train/images_per_s": progress.typical_images_per_s(),
         "model/params": int(model.count_params()), "model/macs_per_view": macs,
     }
-    how = {"train.precision": precision, "train.onednn": str(onednn_enabled()).lower(),
-           "train.machine": machine_name(machine())}  # images/s and epochs reached belong to this host
     held_out = ("no held-out val accuracy (train.include_val: val was training data)" if cfg.include_val
                 else f"val accuracy {metrics['val/accuracy']:.4f}")
     print(f"[train] {held_out} after {epochs_trained(history):g} epochs in {seconds:.0f}s")
-    return TrainResult(model, history, metrics, how)
+    return TrainResult(model, history, metrics, how_trained(precision))
+
+
+def how_trained(precision: str) -> dict[str, str]:
+    """Tags for what the speed depended on: images/s and the epochs reached belong to this host."""
+    return {"train.precision": precision, "train.onednn": str(onednn_enabled()).lower(),
+            "train.machine": machine_name(machine())}
 
 
 def train_members(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_split: Split, checkpoint: Path,

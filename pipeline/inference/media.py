@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.inference.contract import IMAGE_SUFFIXES, OPENCV_MISSING
+from pipeline.inference.errors import first_line
 from pipeline.inference.images import decode, quiet_stderr
 from pipeline.inference.registry import redact
 
@@ -197,7 +198,7 @@ class Sink(threading.Thread):
                     raise OSError(f"cannot write {self.images / name}"
                                   + (f" ({os.strerror(errno.ENOSPC)})" if _no_space(str(self.images / name)) else ""))
             except Exception as e:  # reported by the loop at its next frame; a dead thread would block it
-                self.error = self.error or (str(e).strip().splitlines() or [type(e).__name__])[0]
+                self.error = self.error or first_line(e)
             self.write_ns.append(time.perf_counter_ns() - start)
 
     def close(self) -> None:

@@ -285,17 +285,23 @@ class FrameWork:
         return faces, probs, (t1 - t0, t2 - t1, self.clock() - t2 if self.drawing else 0)
 
 
-def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
-    """Open everything (each failure one line), then decode, detect, classify, draw and log until the source ends."""
-    check_paths(cfg.output, cfg.source)  # before the model loads: a refused output costs nothing
-    rec = make_recognizer(cfg)
-    print(f"model: {rec.why}", file=sys.stderr)
+def _open_checked(cfg: RealtimeConfig) -> CaptureSource | ImageSource:
+    """The source, once the annotated images it would produce are known not to overwrite a user's files."""
     source = open_source(cfg.source, cfg.timeout_s)
     try:
         check_images(cfg.output, [p.name for p in source.paths] if isinstance(source, ImageSource) else None)
     except RunError:
         source.close()
         raise
+    return source
+
+
+def run(cfg: RealtimeConfig, stdout: TextIO = sys.stdout) -> Stats:
+    """Open everything (each failure one line), then decode, detect, classify, draw and log until the source ends."""
+    check_paths(cfg.output, cfg.source)  # before the model loads: a refused output costs nothing
+    rec = make_recognizer(cfg)
+    print(f"model: {rec.why}", file=sys.stderr)
+    source = _open_checked(cfg)
     window = Window(cfg.display, still=isinstance(source, ImageSource))
     stats = Stats(model=rec.model.uri + (f" (version {rec.model.version})" if rec.model.version else ""))
     bar = _progress(cfg, _frames_expected(source, cfg.max_frames))

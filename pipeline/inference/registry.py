@@ -36,6 +36,7 @@ from pipeline.inference.contract import (
     parse_model_uri,
     release_metric_tag,
 )
+from pipeline.inference.errors import first_line
 
 RELEASE_DIR = Path(__file__).parent / "release"
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
@@ -192,6 +193,27 @@ def _quiet_client_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def _registered_version(uri: str, ref: Any, tracking_uri: str) -> tuple[Any, Any]:
+    """The client and the version `ref` names; ModelNotRegistered if the registry has none, else one line."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    where = redact(tracking_uri)
+    if problem := sqlite_store_problem(tracking_uri):
+        raise ModelError(f"{uri}: {problem}")
+    try:
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        return client, (client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias
+                        else client.get_model_version(ref.name, ref.version))
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no such name / alias
+            raise ModelNotRegistered(f"{uri}: not in the registry at {where} ({e.error_code})") from None
+        reason = (str(e.message).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{uri}: the registry at {where} did not answer ({e.error_code}: {reason})") from None
+    except Exception as e:  # a store that is not a store (garbage file, wrong server): one line
+        raise ModelError(f"{uri}: the registry at {where} failed ({redact(first_line(e))[:200]})") from None
+
+
 def download_registered(uri: str, tracking_uri: str, cache_dir: str | Path | None = None) -> ResolvedModel:
     """A registered version's .tflite and labels.json, sha256-checked; ModelNotRegistered if there is none."""
     _quiet_client_env()
@@ -202,21 +224,7 @@ def download_registered(uri: str, tracking_uri: str, cache_dir: str | Path | Non
         ref = parse_model_uri(uri)
     except ValueError as e:
         raise ModelError(str(e)) from None
-    where = redact(tracking_uri)
-    if problem := sqlite_store_problem(tracking_uri):
-        raise ModelError(f"{uri}: {problem}")
-    try:
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        mv = (client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias
-              else client.get_model_version(ref.name, ref.version))
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no such name / alias
-            raise ModelNotRegistered(f"{uri}: not in the registry at {where} ({e.error_code})") from None
-        reason = (str(e.message).strip().splitlines() or [""])[0][:200]
-        raise ModelError(f"{uri}: the registry at {where} did not answer ({e.error_code}: {reason})") from None
-    except Exception as e:  # a store that is not a store (garbage file, wrong server): one line
-        reason = redact((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
-        raise ModelError(f"{uri}: the registry at {where} failed ({reason})") from None
+    client, mv = _registered_version(uri, ref, tracking_uri)
     source = client.get_model_version_download_uri(mv.name, mv.version)
     dest = Path(cache_dir or Path.home() / ".cache" / "fer-pipeline") / mv.name / str(mv.version)
     dest.mkdir(parents=True, exist_ok=True)
@@ -226,8 +234,7 @@ def download_registered(uri: str, tracking_uri: str, cache_dir: str | Path | Non
             files[name] = Path(mlflow.artifacts.download_artifacts(
                 artifact_uri=f"{source}/artifacts/{name}", dst_path=str(dest), tracking_uri=tracking_uri))
     except (MlflowException, OSError) as e:  # registered, but its files cannot be fetched
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelError(f"{uri}: download from {where} failed ({redact(reason)})") from None
+        raise ModelError(f"{uri}: download from {redact(tracking_uri)} failed ({redact(first_line(e))})") from None
     expected = mv.tags.get(Tag.tflite_sha256)
     actual = sha256_of(files[MODEL_FILE])
     if expected != actual:
