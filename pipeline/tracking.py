@@ -216,7 +216,6 @@ def _end_run_quietly(status: int) -> None:
         mlflow.end_run(RunStatus.to_string(status))
 
 
-@contextlib.contextmanager
 def _start(run_id: str | None, experiment_id: str, params: Params, digest: str,
            interrupted: str | None) -> mlflow.ActiveRun:
     """Continue `run_id`, or start a new run tagged with what made it: commit, DVC experiment, params digest."""
@@ -236,6 +235,7 @@ def _start(run_id: str | None, experiment_id: str, params: Params, digest: str,
                             tags=tags | config_tags(params))
 
 
+@contextlib.contextmanager
 def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
     """Log a stage into its execution's run; FAILED on error, KILLED on SIGINT/SIGTERM, never left RUNNING."""
     experiment_id = connect(params.mlflow)
