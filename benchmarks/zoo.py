@@ -80,7 +80,8 @@ def collect(client: mlflow.MlflowClient) -> list[dict]:
     experiment = client.get_experiment_by_name("fer-expression")
     if experiment is None:
         return []
-    from pipeline.config import compose, parse_params, preset_params, to_flat_dict
+    from pipeline.config import compose, parse_params
+    from pipeline.flatparams import preset_params, to_flat_dict
 
     rows, presets, defaults = [], preset_params("fer2013*"), to_flat_dict(parse_params(compose()))
     for run in client.search_runs([experiment.experiment_id], "tags.`pipeline.data_family` = 'fer2013'",
@@ -147,7 +148,7 @@ def modern(p: dict[str, str]) -> dict[str, str]:
 def preset_name(run: mlflow.entities.Run, presets: dict[str, dict[str, str]], defaults: dict[str, str]) -> str:
     """The preset the run recorded (`pipeline.preset`, as the preset was when it ran); runs from before that
     tag: the FER2013 preset whose params they have today, all of them ('' for a run of another recipe)."""
-    from pipeline.config import preset_of
+    from pipeline.flatparams import preset_of
 
     if "pipeline.preset" in run.data.tags:
         return run.data.tags["pipeline.preset"]

@@ -28,15 +28,8 @@ from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import (
-    CONF_DIR,
-    NOT_APPLICABLE,
-    ConfigError,
-    compose,
-    override_value,
-    parse_params,
-    to_flat_dict,
-)
+from pipeline.config import CONF_DIR, ConfigError, compose, parse_params
+from pipeline.flatparams import NOT_APPLICABLE, override_value, to_flat_dict
 from pipeline.inference.registry import redact
 from pipeline.metrics import HEADLINE_NAMES
 

@@ -32,8 +32,9 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import artifacts, record
 from pipeline.cli import raise_interrupt
-from pipeline.config import MlflowConfig, Params, logged_params, to_flat_dict
+from pipeline.config import MlflowConfig, Params
 from pipeline.files import read_run_record, write_json
+from pipeline.flatparams import logged_params, to_flat_dict
 from pipeline.inference.contract import default_tracking_uri, repo_root
 from pipeline.inference.errors import first_line
 from pipeline.inference.registry import redact, sqlite_store_problem
@@ -288,7 +289,8 @@ def config_tags(params: Params) -> dict[str, str]:
     """`pipeline.config_diff`: the params that differ from `conf/`'s default composition, for the run's
     description (kept short); `pipeline.preset`: the experiment preset whose recipe the run has, as the
     preset was then (a later edit of the preset does not rename old runs), to filter runs by in the UI."""
-    from pipeline.config import compose, parse_params, preset_of, preset_params
+    from pipeline.config import compose, parse_params
+    from pipeline.flatparams import preset_of, preset_params
 
     flat, tags = to_flat_dict(params), {}
     with contextlib.suppress(Exception):  # conf/ unreadable here: the params are logged in full anyway

@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.config import (
-    CONF_DIR,
-    ConfigError,
-    compose,
-    load_params,
-    parse_params,
-    preset_of,
-    preset_params,
-    to_flat_dict,
-)
+from pipeline.config import CONF_DIR, ConfigError, compose, load_params, parse_params
+from pipeline.flatparams import preset_of, preset_params, to_flat_dict
 
 # `experiment` holds presets; `search` is composed apart from params.yaml (pipeline/search/)
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("experiment", "search"))
@@ -173,7 +165,7 @@ def test_the_config_cli_says_what_is_wrong_in_one_line(tmp_path: Path, monkeypat
                                                         expected: str) -> None:
     import sys
 
-    from pipeline import config
+    from pipeline.config import composition as config
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["pipeline.config", *args])
@@ -186,7 +178,7 @@ def test_the_config_cli_says_what_is_wrong_in_one_line(tmp_path: Path, monkeypat
 def test_the_config_cli_help_is_a_short_usage(tmp_path: Path, monkeypatch, capsys) -> None:
     import sys
 
-    from pipeline import config
+    from pipeline.config import composition as config
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["pipeline.config", "--help"])

@@ -10,7 +10,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.config import CONF_DIR, compose, parse_params, to_flat_dict
+from pipeline.config import CONF_DIR, compose, parse_params
+from pipeline.flatparams import to_flat_dict
 from pipeline.inference.registry import sha256_of
 from pipeline.lineage import conf_at, rebuild_overrides, render
 

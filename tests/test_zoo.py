@@ -9,7 +9,8 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline.config import compose, parse_params, preset_of, preset_params, to_flat_dict
+from pipeline.config import compose, parse_params
+from pipeline.flatparams import preset_of, preset_params, to_flat_dict
 
 from .conftest import load_benchmark
 

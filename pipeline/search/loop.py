@@ -13,7 +13,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.config import CONF_DIR, ConfigError, override_value
+from pipeline.config import CONF_DIR, ConfigError
+from pipeline.flatparams import override_value
 from pipeline.search.parent import ParentRun
 from pipeline.search.preset import SearchConfig, SearchError
 from pipeline.search.space import base_config, check_space, trial_overrides

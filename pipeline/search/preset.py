@@ -14,8 +14,9 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline import artifacts
-from pipeline.config import CONF_DIR, ConfigError, compose, validate_section
+from pipeline.config import CONF_DIR, ConfigError, compose
 from pipeline.inference.errors import first_line
+from pipeline.inference.schema import validate_section
 
 GROUP = "search"  # conf/search/: never in conf/config.yaml's defaults, so never in params.yaml
 

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from pipeline import artifacts
-from pipeline.config import CONF_DIR, ConfigError, Params, compose, override_value, parse_params
+from pipeline.config import CONF_DIR, ConfigError, Params, compose, parse_params
+from pipeline.flatparams import override_value
 from pipeline.inference.errors import first_line
 from pipeline.search.preset import GROUP, ParamType, SearchConfig, SpaceParam
 
