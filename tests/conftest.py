@@ -24,7 +24,7 @@ from types import ModuleType
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.config import compose, parse_params
+from pipeline.config import CONF_DIR, Params, compose, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -219,10 +219,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def params(*overrides: str, conf_dir: Path = CONF_DIR) -> Params:
+    """The real conf/ composed with Hydra overrides and validated, as a stage sees it: `params("experiment=tiny")`."""
+    return parse_params(compose(list(overrides), conf_dir=conf_dir))
+
+
 @pytest.fixture
-def params(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def project(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
     """The default config, run from a temporary project root that logs into `store`."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    return parse_params(compose())
+    return params()

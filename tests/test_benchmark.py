@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.benchmark import benchmark_frame, time_frame, time_models
-from pipeline.config import compose, parse_params
 from pipeline.inference.classifier import TFLiteClassifier
 from pipeline.inference.contract import CLASSES
 from pipeline.inference.detectors import make_detector
 from pipeline.models import build_model
 from pipeline.timing import machine_name
+from tests.conftest import params
 from tests.fixtures.tiny_model import make_tiny_model
 
-CFG = parse_params(compose(["benchmark.runs=5", "benchmark.warmup=1", "benchmark.keras_runs=3"])).benchmark
+CFG = params("benchmark.runs=5", "benchmark.warmup=1", "benchmark.keras_runs=3").benchmark
 
 
 def test_the_benchmark_frame_holds_one_face_of_the_asked_size() -> None:
@@ -29,7 +29,7 @@ def test_the_benchmark_frame_holds_one_face_of_the_asked_size() -> None:
 
 def test_every_model_is_timed_at_one_and_all_threads(tmp_path: Path) -> None:
     tiny = make_tiny_model(tmp_path / "tiny.tflite")
-    latency = time_models(build_model(parse_params(compose()).model), [tiny], list(CLASSES), CFG, cores=2)
+    latency = time_models(build_model(params().model), [tiny], list(CLASSES), CFG, cores=2)
     assert set(latency) == {"keras_call", "keras_predict", "tiny_t1", "tiny_t2"}
     assert all(v["runs"] in (3, 5) and 0 < v["median_ms"] <= v["p90_ms"] for v in latency.values())
 

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from pipeline.config import CONF_DIR, ConfigError, compose, load_params, parse_params
 from pipeline.flatparams import preset_of, preset_params, to_flat_dict
+from tests.conftest import params
 
 # `experiment` holds presets; `search` is composed apart from params.yaml (pipeline/search/)
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("experiment", "search"))
@@ -38,7 +39,7 @@ def test_every_experiment_preset_composes_and_validates(preset: str) -> None:
 
 def test_the_fer2013_presets_differ_where_their_comments_say() -> None:
     """fer2013_fast = fer2013 minus the zoom views; fer2013_seed = the seed's CNN as it was, same budget."""
-    main, fast, seed = (parse_params(compose([f"experiment={p}"])) for p in ("fer2013", "fer2013_fast", "fer2013_seed"))
+    main, fast, seed = (params(f"experiment={p}") for p in ("fer2013", "fer2013_fast", "fer2013_seed"))
     assert (main.quantize.views.flip, main.quantize.views.zoom) == (True, 44)
     assert fast.quantize.views == dataclasses.replace(main.quantize.views, zoom=0)
     assert fast.model == main.model and fast.train == main.train  # one training serves both: views are export
@@ -147,7 +148,7 @@ def test_a_preset_that_does_not_compose_is_left_out_of_the_matching(tmp_path: Pa
     (conf / "experiment" / "broken.yaml").write_text("# @package _global_\ntrain:\n  lr: [not, a, number]\n")
     presets = preset_params(conf_dir=conf)
     assert "broken" not in presets and "tiny" in presets
-    tiny = to_flat_dict(parse_params(compose(["experiment=tiny"], conf_dir=conf)))
+    tiny = to_flat_dict(params("experiment=tiny", conf_dir=conf))
     assert preset_of(tiny, presets) == "tiny"
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.config import CONF_DIR, compose, parse_params
+from pipeline.config import CONF_DIR
 from pipeline.flatparams import to_flat_dict
 from pipeline.inference.registry import sha256_of
 from pipeline.lineage import conf_at, rebuild_overrides, render
+from tests.conftest import params
 
 from .conftest import Repro, project_env, run
 
@@ -90,13 +91,13 @@ def test_a_dirty_tree_is_flagged_on_the_run(repro: Repro, tmp_path: Path) -> Non
 
 
 def test_rebuild_overrides_pick_group_options_then_keys() -> None:
-    params = to_flat_dict(parse_params(compose(["data=fer2013", "model=seed_cnn", "train.lr=0.01",
-                                                "data.path=/x/fer.zip"])))
-    overrides = rebuild_overrides(params)
+    flat = to_flat_dict(params("data=fer2013", "model=seed_cnn", "train.lr=0.01",
+                                                "data.path=/x/fer.zip"))
+    overrides = rebuild_overrides(flat)
     assert overrides == ["data=fer2013", "model=seed_cnn", "data.path=/x/fer.zip", "train.lr=0.01"]
-    assert parse_params(compose(overrides)) == parse_params(compose(["data=fer2013", "model=seed_cnn",
-                                                                      "train.lr=0.01", "data.path=/x/fer.zip"]))
-    assert rebuild_overrides(to_flat_dict(parse_params(compose()))) == []
+    assert params(*overrides) == params("data=fer2013", "model=seed_cnn",
+                                                                      "train.lr=0.01", "data.path=/x/fer.zip")
+    assert rebuild_overrides(to_flat_dict(params())) == []
 
 
 def test_render_flags_a_dirty_commit() -> None:
@@ -111,13 +112,13 @@ def test_render_flags_a_dirty_commit() -> None:
 
 
 def test_a_preset_run_rebuilds_through_its_preset() -> None:
-    params = to_flat_dict(parse_params(compose(["experiment=tiny", "train.lr=0.01"])))
-    assert rebuild_overrides(params) == ["experiment=tiny", "train.lr=0.01"]
+    flat = to_flat_dict(params("experiment=tiny", "train.lr=0.01"))
+    assert rebuild_overrides(flat) == ["experiment=tiny", "train.lr=0.01"]
 
 
 def test_the_config_is_diffed_against_conf_of_the_runs_commit() -> None:
     with conf_at("HEAD") as (conf_dir, note):
         assert conf_dir != CONF_DIR and (conf_dir / "config.yaml").is_file() and note.startswith("conf/ at HEAD")
-        assert rebuild_overrides(to_flat_dict(parse_params(compose(conf_dir=conf_dir))), conf_dir) == []
+        assert rebuild_overrides(to_flat_dict(params(conf_dir=conf_dir)), conf_dir) == []
     with conf_at("0" * 40) as (conf_dir, note):  # a commit this clone does not have
         assert conf_dir == CONF_DIR and "not in this clone" in note

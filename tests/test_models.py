@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.config import MODEL_SCHEMAS, ViewsConfig, compose, parse_params
+from pipeline.config import MODEL_SCHEMAS, ViewsConfig
 from pipeline.models import ARCHITECTURES, build_model, count_macs, ensemble, with_views
+from tests.conftest import params
 
 from .conftest import load_benchmark
 
 
 def model_cfg(option: str, **changes: object):
-    cfg = parse_params(compose([f"model={option}"])).model
+    cfg = params(f"model={option}").model
     for key, value in changes.items():
         setattr(cfg, key, value)
     return cfg

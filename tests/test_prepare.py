@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import compose, parse_params
 from pipeline.files import sha256_arrays
 from pipeline.inference.contract import CLASSES
 from pipeline.prepare import prepare
 from pipeline.prepared import load_split, read_report, save_split, write_report
+from tests.conftest import params
 
 
 def test_synthetic_splits_and_report_agree(tmp_path: Path) -> None:
-    cfg = parse_params(compose(["data.n_train=140", "data.n_test=70"])).data
+    cfg = params("data.n_train=140", "data.n_test=70").data
     arrays, report = prepare(cfg)
     assert {k: len(v[1]) for k, v in arrays.items()} == {"train": 126, "val": 14, "test": 70}
     assert report.protocol == "holdout" and report.classes == list(CLASSES)

@@ -12,12 +12,12 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline.config import compose, parse_params
 from pipeline.inference.classifier import TFLiteClassifier
 from pipeline.inference.contract import CLASSES, Tag
 from pipeline.inference.registry import sha256_of
 from pipeline.models import build_model
 from pipeline.quantize import export, register
+from tests.conftest import params
 
 FACES = np.random.default_rng(0).integers(0, 256, (40, 48, 48), dtype=np.uint8)
 
@@ -25,11 +25,11 @@ FACES = np.random.default_rng(0).integers(0, 256, (40, 48, 48), dtype=np.uint8)
 @pytest.fixture(scope="module")
 def core() -> keras.Model:
     keras.utils.set_random_seed(0)
-    return build_model(parse_params(compose()).model)
+    return build_model(params().model)
 
 
 def exported(core: keras.Model, tmp_path: Path, *overrides: str) -> tuple[keras.Model, dict[str, Path]]:
-    cfg = parse_params(compose(["quantize.representative_samples=20", *overrides])).quantize
+    cfg = params("quantize.representative_samples=20", *overrides).quantize
     model, flatbuffers = export(core, cfg, FACES)
     paths = {}
     for variant, data in flatbuffers.items():
@@ -54,7 +54,7 @@ def test_every_variant_takes_raw_pixels_and_agrees_with_keras(core, tmp_path: Pa
 def test_a_resnet_with_squeeze_excite_gates_survives_int8(tmp_path: Path) -> None:
     """SE gates (sigmoid scores multiplied into the map) are where int8 converters lose agreement first."""
     keras.utils.set_random_seed(0)
-    net = build_model(parse_params(compose(["model=resnet_se", "model.filters=[8,16]", "model.blocks=[1,1]"])).model)
+    net = build_model(params("model=resnet_se", "model.filters=[8,16]", "model.blocks=[1,1]").model)
     model, paths = exported(net, tmp_path, "quantize.variants=[float32,int8]", "quantize.register=int8")
     reference = model.predict(FACES[..., None].astype(np.float32), verbose=0)
     for variant, tolerance in (("float32", 1e-3), ("int8", 0.02)):
@@ -67,7 +67,7 @@ def test_an_ensemble_with_views_survives_int8_as_one_model(tmp_path: Path) -> No
     from pipeline.models import count_macs, ensemble
 
     keras.utils.set_random_seed(0)
-    cfg = parse_params(compose(["model.filters=[8,16]", "model.convs=[1,1]"])).model
+    cfg = params("model.filters=[8,16]", "model.convs=[1,1]").model
     members = [build_model(cfg) for _ in range(3)]
     model, paths = exported(ensemble(members), tmp_path, "quantize.views.flip=true",
                             "quantize.variants=[float32,int8]", "quantize.register=int8")

@@ -14,7 +14,7 @@ from pipeline.history import write_history
 from pipeline.inference.contract import Tag
 from pipeline.metrics import HEADLINE, epoch_metrics, exp_show_args
 
-# `store` and `params` (a real SQLite store, a temporary project root) are tests/conftest.py's
+# `store` and `project` (a real SQLite store, a temporary project root) are tests/conftest.py's
 
 
 def _earlier_execution(registered_version: str) -> str:
@@ -35,10 +35,10 @@ def _earlier_execution(registered_version: str) -> str:
 
 
 @pytest.mark.parametrize(("benchmark_measured", "expect_latency"), [("3", True), ("2", False)])
-def test_a_run_of_evaluate_alone_carries_the_whole_chains_record(params, benchmark_measured: str,
+def test_a_run_of_evaluate_alone_carries_the_whole_chains_record(project, benchmark_measured: str,
                                                                  expect_latency: bool) -> None:
     source = _earlier_execution(benchmark_measured)
-    with tracking.stage_run("evaluate", params) as stage:
+    with tracking.stage_run("evaluate", project) as stage:
         assert not stage.continued  # the quantize record names a run this test's store does not hold
         mlflow.log_metrics({"test/accuracy": 0.61})  # what evaluate itself logs wins over the restored value
     client = mlflow.MlflowClient()
@@ -57,8 +57,8 @@ def test_a_run_of_evaluate_alone_carries_the_whole_chains_record(params, benchma
     assert "evaluate (done)" in note
 
 
-def test_the_note_shows_the_headline_values_and_the_config_that_differs(params) -> None:
-    with tracking.stage_run("prepare", params) as stage:
+def test_the_note_shows_the_headline_values_and_the_config_that_differs(project) -> None:
+    with tracking.stage_run("prepare", project) as stage:
         mlflow.log_metrics({"test/accuracy": 0.6604, "latency/ms_per_face": 7.731})
     note = mlflow.MlflowClient().get_run(stage.run_id).data.tags[record.NOTE]
     assert "| test accuracy (registered variant, all views) | 66.04% |" in note

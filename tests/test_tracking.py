@@ -13,39 +13,39 @@ import mlflow
 import pytest
 
 from pipeline import record, tracking
-from pipeline.config import compose, parse_params
+from tests.conftest import params
 
-# `store` and `params` (a real SQLite store, a temporary project root): tests/conftest.py
+# `store` and `project` (a real SQLite store, a temporary project root): tests/conftest.py
 
 
 def test_uri_defaults_to_sqlite_under_the_repo_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    cfg = parse_params(compose()).mlflow
+    cfg = params().mlflow
     assert tracking.tracking_uri(cfg) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     assert tracking.tracking_uri(cfg) == "http://127.0.0.1:1"
 
 
-def test_stages_of_one_execution_share_a_run(params) -> None:
-    with tracking.stage_run("prepare", params) as first:
+def test_stages_of_one_execution_share_a_run(project) -> None:
+    with tracking.stage_run("prepare", project) as first:
         assert not first.continued
-    with tracking.stage_run("train", params) as second:
+    with tracking.stage_run("train", project) as second:
         assert second.continued
     assert second.run_id == first.run_id
     run = mlflow.MlflowClient().get_run(first.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["pipeline.stage.prepare"] == run.data.tags["pipeline.stage.train"] == "done"
-    assert run.data.params["train.epochs"] == str(params.train.epochs)
+    assert run.data.params["train.epochs"] == str(project.train.epochs)
     # every data source's keys, so runs on other sources compare on the same param columns
-    assert run.data.params["data.n_train"] == str(params.data.n_train) and run.data.params["data.min_side"] == "n/a"
+    assert run.data.params["data.n_train"] == str(project.data.n_train) and run.data.params["data.min_side"] == "n/a"
     assert json.loads(Path("runs/train.json").read_text())["run_id"] == first.run_id
 
 
-def test_a_run_is_tagged_with_the_preset_whose_recipe_it_has(params) -> None:
+def test_a_run_is_tagged_with_the_preset_whose_recipe_it_has(project) -> None:
     tags = {}
     for name, overrides in {"preset": ["experiment=tiny"], "changed": ["experiment=tiny", "train.lr=0.0123"]}.items():
-        with tracking.stage_run("prepare", parse_params(compose(overrides))) as run:
+        with tracking.stage_run("prepare", params(*overrides)) as run:
             pass
         tags[name] = mlflow.MlflowClient().get_run(run.run_id).data.tags
     assert tags["preset"]["pipeline.preset"] == "tiny"  # to filter runs by in the UI
@@ -53,57 +53,57 @@ def test_a_run_is_tagged_with_the_preset_whose_recipe_it_has(params) -> None:
     assert "train.lr=0.0123" in tags["changed"]["pipeline.config_diff"]
 
 
-def test_a_stage_already_in_the_run_starts_a_new_execution(params) -> None:
-    with tracking.stage_run("prepare", params):
+def test_a_stage_already_in_the_run_starts_a_new_execution(project) -> None:
+    with tracking.stage_run("prepare", project):
         pass
-    with tracking.stage_run("train", params) as a:
+    with tracking.stage_run("train", project) as a:
         pass
-    with tracking.stage_run("train", params) as b:  # e.g. `dvc exp run -S train.lr=..`
+    with tracking.stage_run("train", project) as b:  # e.g. `dvc exp run -S train.lr=..`
         assert not b.continued
     assert a.run_id != b.run_id
 
 
-def test_other_params_start_a_new_run(params) -> None:
-    with tracking.stage_run("prepare", params) as a:
+def test_other_params_start_a_new_run(project) -> None:
+    with tracking.stage_run("prepare", project) as a:
         pass
-    params.train.lr = params.train.lr / 2
-    with tracking.stage_run("train", params) as b:
+    project.train.lr = project.train.lr / 2
+    with tracking.stage_run("train", project) as b:
         pass
     assert a.run_id != b.run_id
 
 
-def test_failure_marks_the_run_failed_and_writes_no_record(params) -> None:
-    with pytest.raises(RuntimeError), tracking.stage_run("prepare", params) as run:
+def test_failure_marks_the_run_failed_and_writes_no_record(project) -> None:
+    with pytest.raises(RuntimeError), tracking.stage_run("prepare", project) as run:
         raise RuntimeError("boom")
     assert mlflow.MlflowClient().get_run(run.run_id).info.status == "FAILED"
     assert not Path("runs/prepare.json").exists()
 
 
-def test_interrupt_marks_the_run_killed(params) -> None:
-    with pytest.raises(KeyboardInterrupt), tracking.stage_run("prepare", params) as run:
+def test_interrupt_marks_the_run_killed(project) -> None:
+    with pytest.raises(KeyboardInterrupt), tracking.stage_run("prepare", project) as run:
         raise KeyboardInterrupt
     assert mlflow.MlflowClient().get_run(run.run_id).info.status == "KILLED"
     # and a killed run is never continued
-    with tracking.stage_run("train", params) as nxt:
+    with tracking.stage_run("train", project) as nxt:
         assert not nxt.continued
 
 
-def test_a_stage_resumed_after_its_execution_died_links_to_the_dead_run(params) -> None:
-    with tracking.stage_run("prepare", params) as prepared:
+def test_a_stage_resumed_after_its_execution_died_links_to_the_dead_run(project) -> None:
+    with tracking.stage_run("prepare", project) as prepared:
         pass
     mlflow.MlflowClient().set_terminated(prepared.run_id, "KILLED")  # train was SIGKILLed in this run
-    with tracking.stage_run("train", params) as resumed:
+    with tracking.stage_run("train", project) as resumed:
         assert not resumed.continued
     tags = mlflow.MlflowClient().get_run(resumed.run_id).data.tags
     assert tags["pipeline.resumes_run"] == prepared.run_id
     # an unrelated new execution carries no link
-    with tracking.stage_run("prepare", params) as fresh:
+    with tracking.stage_run("prepare", project) as fresh:
         pass
     assert "pipeline.resumes_run" not in mlflow.MlflowClient().get_run(fresh.run_id).data.tags
 
 
-def test_runs_left_running_by_a_dead_process_are_marked_killed(params) -> None:
-    experiment_id = tracking.connect(params.mlflow)
+def test_runs_left_running_by_a_dead_process_are_marked_killed(project) -> None:
+    experiment_id = tracking.connect(project.mlflow)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
     client = mlflow.MlflowClient()
@@ -133,8 +133,8 @@ def test_git_state_reports_commit_and_dirty(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_the_registered_name_follows_the_data_family() -> None:
-    assert parse_params(compose()).data.family == "synthetic"
-    assert parse_params(compose(["data=fer2013_csv"])).data.family == "fer2013"  # a CSV is the same data
+    assert params().data.family == "synthetic"
+    assert params("data=fer2013_csv").data.family == "fer2013"  # a CSV is the same data
 
 
 def _dataset(name: str):
@@ -144,7 +144,7 @@ def _dataset(name: str):
     return MetaDataset(source=LocalArtifactDatasetSource("data/prepared/train.npz"), name=name, digest="d" * 36)
 
 
-def test_dataset_logging_survives_a_parallel_run_inserting_it_first(params, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dataset_logging_survives_a_parallel_run_inserting_it_first(project, monkeypatch: pytest.MonkeyPatch) -> None:
     # what a tracking server answered in CI when two queued experiments logged the same split at once
     race = mlflow.exceptions.MlflowException("BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: "
                                              "datasets.experiment_id, datasets.name, datasets.digest")
@@ -157,14 +157,14 @@ def test_dataset_logging_survives_a_parallel_run_inserting_it_first(params, monk
         return real(*args, **kwargs)
 
     monkeypatch.setattr(mlflow, "log_input", racing)
-    with tracking.stage_run("prepare", params) as run:
+    with tracking.stage_run("prepare", project) as run:
         record.log_input(_dataset("synthetic-train"), context="train", tags={"rows": "5"})
     assert calls == ["train", "train"]
     inputs = mlflow.MlflowClient().get_run(run.run_id).inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == ["synthetic-train"]
 
 
-def test_dataset_logging_does_not_retry_other_errors(params, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dataset_logging_does_not_retry_other_errors(project, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
     def failing(*args, **kwargs):
@@ -204,17 +204,17 @@ def test_a_store_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    params = parse_params(compose())
+    project = params()
     undo: list[str] = []
     if kind == "folder":
         db.mkdir()
     else:
-        with tracking.stage_run("prepare", params):  # a store with a run in it, as a user has
+        with tracking.stage_run("prepare", project):  # a store with a run in it, as a user has
             pass
         undo = _unwritable(db)
     before = db.read_bytes() if db.is_file() else None
     try:
-        with pytest.raises(SystemExit) as stop, tracking.stage_run("prepare", params):
+        with pytest.raises(SystemExit) as stop, tracking.stage_run("prepare", project):
             pass
     finally:
         if undo:

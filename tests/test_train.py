@@ -12,11 +12,12 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline.config import compose, parse_params
+from pipeline.config import Params, compose
 from pipeline.prepared import PreparedReport
 from pipeline.synthetic import generate
 from pipeline.train import checkpoint_dir, train
 from pipeline.training import Diverged, SharpnessAware
+from tests.conftest import params
 
 TINY = ["data.n_train=280", "data.n_test=70", "train.epochs=2", "train.batch_size=32"]
 
@@ -32,12 +33,12 @@ def splits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarra
     return generate(280, seed=0), generate(70, seed=1)
 
 
-def params(*overrides: str):
-    return parse_params(compose([*TINY, *overrides]))
+def tiny(*overrides: str) -> Params:
+    return params(*TINY, *overrides)
 
 
 def test_train_returns_the_model_its_history_and_val_metrics(splits, tmp_path: Path) -> None:
-    p = params()
+    p = tiny()
     logged: list[tuple[dict, int]] = []
     result = train(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: logged.append((m, step)))
     assert [r["epoch"] for r in result.history] == [1, 2] and [s for _, s in logged] == [1, 2]
@@ -52,7 +53,7 @@ def test_train_returns_the_model_its_history_and_val_metrics(splits, tmp_path: P
 
 def test_a_fit_on_train_and_val_reports_no_val_figure(splits, tmp_path: Path, capsys) -> None:
     """Val faces are training data then: an accuracy on them would read as held-out and flatter the recipe."""
-    p = params("train.include_val=true", "train.keep_best=false", "train.epochs=1")
+    p = tiny("train.include_val=true", "train.keep_best=false", "train.epochs=1")
     logged: list[dict] = []
     result = train(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: logged.append(m))
     assert not any(k.startswith("val") for k in result.metrics) and "val_accuracy" not in logged[-1]
@@ -63,7 +64,7 @@ def test_a_fit_on_train_and_val_reports_no_val_figure(splits, tmp_path: Path, ca
 
 
 def test_an_interrupted_training_resumes_after_its_last_finished_epoch(splits, tmp_path: Path) -> None:
-    p = params("train.epochs=3")
+    p = tiny("train.epochs=3")
 
     def interrupt_after_first_epoch(metrics: dict, step: int) -> None:
         if step == 1:
@@ -84,7 +85,7 @@ def test_a_checkpoint_is_keyed_by_data_model_and_train_params_only(tmp_path: Pat
 
     def folder(*overrides: str, digests: dict | None = None) -> Path:
         r = PreparedReport(**{**report.__dict__, "digests": digests or report.digests})
-        return checkpoint_dir(parse_params(compose(["experiment=fer2013", "data=synthetic", *overrides])), r)
+        return checkpoint_dir(params("experiment=fer2013", "data=synthetic", *overrides), r)
 
     base = folder()
     assert folder("quantize.views.zoom=0", "quantize.views.flip=false", "evaluate.sample_grid=4") == base
@@ -97,16 +98,16 @@ def test_a_stale_checkpoint_folder_is_removed(tmp_path: Path, monkeypatch) -> No
     stale = tmp_path / "models" / "checkpoints" / "0123456789abcdef"
     stale.mkdir(parents=True)
     report = PreparedReport("synthetic", "x", "holdout", {}, [], {}, {"train": "a"})
-    kept = checkpoint_dir(parse_params(compose()), report)
+    kept = checkpoint_dir(params(), report)
     assert not stale.exists() and kept.parent.resolve() == stale.parent
 
 
 def test_the_gpu_preset_trains_a_few_steps_on_cpu(splits, tmp_path: Path) -> None:
     """mixed float16, MirroredStrategy over the one device there is, mixup, cutmix and SAM; exported in float32. The
     network is narrowed (the recipe is under test, and float16 is emulated slowly on a CPU)."""
-    p = parse_params(compose(["experiment=fer2013_full", "data=synthetic", "train.epochs=1", "train.batch_size=32",
+    p = params("experiment=fer2013_full", "data=synthetic", "train.epochs=1", "train.batch_size=32",
                               "train.max_train_samples=64", "model.filters=[8,8,16,16]", "model.dense=16",
-                              "train.augment.cutmix=0.5", "train.sam_rho=0.05"]))
+                              "train.augment.cutmix=0.5", "train.sam_rho=0.05")
     assert (p.train.precision, p.train.distribute) == ("mixed_float16", "mirrored") and p.train.augment.mixup > 0
     result = train(p.model, p.train, *splits, tmp_path / "ckpt")
     assert result.metrics["train/epochs"] == 1
@@ -174,7 +175,7 @@ def test_distillation_targets_mix_softened_teacher_scores_with_the_labels() -> N
 
 
 def test_sam_trains_and_exports_a_plain_model_that_loads_without_the_training_class(splits, tmp_path: Path) -> None:
-    p = params("train.sam_rho=0.05")
+    p = tiny("train.sam_rho=0.05")
     result = train(p.model, p.train, *splits, tmp_path / "ckpt")
     assert result.metrics["train/epochs"] == 2 and not isinstance(result.model, SharpnessAware)
     result.model.save(tmp_path / "model.keras")
@@ -186,7 +187,7 @@ def test_sam_trains_and_exports_a_plain_model_that_loads_without_the_training_cl
 def test_an_ensemble_trains_its_members_from_their_own_seeds_and_exports_their_average(splits, tmp_path: Path) -> None:
     from pipeline.train import train_members
 
-    p = params("train.members=2")
+    p = tiny("train.members=2")
     steps: list[int] = []
     result = train_members(p.model, p.train, *splits, tmp_path / "ckpt", log=lambda m, step: steps.append(step))
     assert steps == [1, 2, 3, 4] and [r["epoch"] for r in result.history] == [1, 2, 3, 4]  # member 2 after 1
@@ -212,7 +213,7 @@ def test_an_ensemble_trains_its_members_from_their_own_seeds_and_exports_their_a
 def test_an_interrupted_ensemble_keeps_its_finished_members(splits, tmp_path: Path, capsys) -> None:
     from pipeline.train import train_members
 
-    p = params("train.members=2", "train.epochs=1")
+    p = tiny("train.members=2", "train.epochs=1")
 
     def interrupt_in_the_second_member(metrics: dict, step: int) -> None:
         if step == 2:
@@ -229,7 +230,7 @@ def test_an_interrupted_ensemble_keeps_its_finished_members(splits, tmp_path: Pa
 
 
 def test_a_diverging_training_stops_at_the_first_nan_loss(splits, tmp_path: Path) -> None:
-    p = params("train.lr=1e9", "train.epochs=3")
+    p = tiny("train.lr=1e9", "train.epochs=3")
     logged: list[int] = []
     with pytest.raises(Diverged, match=r"the training loss became (nan|inf) in epoch 1, batch \d+: training "
                                        r"diverged; lower train\.lr \(now 1e\+09\)") as err:
@@ -258,7 +259,7 @@ def test_a_diverging_train_stage_exits_with_one_line_and_writes_no_model(store: 
     assert "lower train.lr (now 1e+09)" in message and message.endswith("no model was written")
     assert not artifacts.KERAS_MODEL.exists() and not artifacts.TRAIN_METRICS.exists()
     runs = mlflow.MlflowClient(store).search_runs(
-        [mlflow.MlflowClient(store).get_experiment_by_name(parse_params(compose()).mlflow.experiment_name)
+        [mlflow.MlflowClient(store).get_experiment_by_name(params().mlflow.experiment_name)
          .experiment_id], max_results=1)
     assert runs[0].info.status == "FAILED" and "train/epochs" not in runs[0].data.metrics
 
@@ -266,7 +267,7 @@ def test_a_diverging_train_stage_exits_with_one_line_and_writes_no_model(store: 
 @pytest.fixture(scope="module")
 def interrupted(splits, tmp_path_factory) -> Path:
     """A checkpoint of a 3-epoch training stopped after epoch 2: backup of epoch 2 (latest) and 1 (.bkp)."""
-    p, folder = params("train.epochs=3"), tmp_path_factory.mktemp("interrupted") / "ckpt"
+    p, folder = tiny("train.epochs=3"), tmp_path_factory.mktemp("interrupted") / "ckpt"
 
     def interrupt_after_second_epoch(metrics: dict, step: int) -> None:
         if step == 2:
@@ -296,7 +297,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_previous_one_resumed(splits, 
     for name in damaged:
         _damage(folder / "backup" / name, how)
     kept = {name: (folder / "backup" / name).read_bytes() for name in damaged}
-    p, steps = params("train.epochs=3"), []
+    p, steps = tiny("train.epochs=3"), []
     result = train(p.model, p.train, *splits, folder, log=lambda m, step: steps.append(step))
     assert steps == [1, 2, 3] and [r["epoch"] for r in result.history] == [1, 2, 3]  # each epoch logged once
     out = capsys.readouterr().out
@@ -314,7 +315,7 @@ def test_a_backup_write_that_fails_half_way_leaves_the_previous_pair_readable(tm
     from pipeline.train import callbacks_for
     from pipeline.training import EpochLog, usable_backup
 
-    p = params()
+    p = tiny()
     (backup,) = [c for c in callbacks_for(p.train, EpochLog(2, 10, 2), tmp_path, 5, 0.0)
                  if isinstance(c, keras.callbacks.BackupAndRestore)]
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])

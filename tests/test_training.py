@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.config import compose, parse_params
 from pipeline.training import EpochLog, TimeBudget, augmenter, epochs_trained, lr_schedule, make_dataset, optimizer
+from tests.conftest import params
 
 
 def _train_config(**overrides):
     args = [f"train.{k}={v}" for k, v in overrides.items()]
-    return parse_params(compose(["experiment=fer2013", "data=synthetic", *args])).train
+    return params("experiment=fer2013", "data=synthetic", *args).train
 
 
 class LearningRates(keras.callbacks.Callback):

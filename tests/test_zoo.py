@@ -9,8 +9,8 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline.config import compose, parse_params
 from pipeline.flatparams import preset_of, preset_params, to_flat_dict
+from tests.conftest import params
 
 from .conftest import load_benchmark
 
@@ -114,14 +114,14 @@ def test_an_empty_store_and_no_report_is_one_line(tmp_path: Path) -> None:
 
 def test_a_run_is_named_by_the_preset_whose_model_and_train_params_it_has() -> None:
     zoo = load_benchmark("zoo")
-    presets, defaults = preset_params("fer2013*"), to_flat_dict(parse_params(compose()))
-    logged = to_flat_dict(parse_params(compose(["experiment=fer2013_fast", "data.path=elsewhere.zip"])))
+    presets, defaults = preset_params("fer2013*"), to_flat_dict(params())
+    logged = to_flat_dict(params("experiment=fer2013_fast", "data.path=elsewhere.zip"))
     assert preset_of(logged, presets) == "fer2013_fast"  # data params don't matter
     assert preset_of(logged | {"quantize.views.zoom": "44"}, presets) == "fer2013"
     assert preset_of(logged | {"train.lr": "0.001"}, presets) == ""
     assert preset_of(logged | {"train.seed": "1"}, presets) == "fer2013_fast"  # another seed of the preset
-    distilled = to_flat_dict(parse_params(compose(["experiment=fer2013_distill",
-                                                   "train.distill.teachers=[release:fer-expression-fer2013-x]"])))
+    distilled = to_flat_dict(params("experiment=fer2013_distill",
+                                                   "train.distill.teachers=[release:fer-expression-fer2013-x]"))
     assert preset_of(distilled, presets) == "fer2013_distill"  # with the teacher the user named
     # a run from before the views moved to the export step logged them as model.tta_*
     older = {k: v for k, v in logged.items() if not k.startswith("quantize.views.")}
@@ -133,20 +133,19 @@ def test_a_run_is_named_by_the_preset_whose_model_and_train_params_it_has() -> N
 
 def test_the_recipe_cell_tells_the_seed_preset_from_ours() -> None:
     zoo = load_benchmark("zoo")
-    flat = {k: str(v) for k, v in to_flat_dict(parse_params(compose(["experiment=fer2013_seed"]))).items()}
+    flat = {k: str(v) for k, v in to_flat_dict(params("experiment=fer2013_seed")).items()}
     assert zoo.recipe(flat) == "adam constant 0.001, wd 0.0, cw none, no augmentation, 115 min"
-    ours = {k: str(v) for k, v in to_flat_dict(parse_params(compose(["experiment=fer2013"]))).items()}
+    ours = {k: str(v) for k, v in to_flat_dict(params("experiment=fer2013")).items()}
     assert "no augmentation" not in zoo.recipe(ours) and zoo.recipe(ours).startswith("adamw onecycle")
-    levers = {k: str(v) for k, v in to_flat_dict(parse_params(compose(
-        ["experiment=fer2013", "train.sam_rho=0.05", "train.augment.cutmix=0.5", "train.include_val=true",
-         "train.keep_best=false"]))).items()}
+    levers = {k: str(v) for k, v in to_flat_dict(params(
+        "experiment=fer2013", "train.sam_rho=0.05", "train.augment.cutmix=0.5", "train.include_val=true",
+        "train.keep_best=false")).items()}
     assert "cutmix 0.5, SAM rho 0.05, fit on train + val, 115 min" in zoo.recipe(levers)
     assert "SAM" not in zoo.recipe(ours) and "fit on train + val" in zoo.recipe(ours)  # the preset's final fit
-    on_val = {k: str(v) for k, v in to_flat_dict(parse_params(compose(
-        ["experiment=fer2013", "train.include_val=false", "train.keep_best=true"]))).items()}
+    on_val = {k: str(v) for k, v in to_flat_dict(params(
+        "experiment=fer2013", "train.include_val=false", "train.keep_best=true")).items()}
     assert "train + val" not in zoo.recipe(on_val)
-    ensemble = {k: str(v) for k, v in to_flat_dict(parse_params(compose(
-        ["experiment=fer2013", "train.members=3"]))).items()}
+    ensemble = {k: str(v) for k, v in to_flat_dict(params("experiment=fer2013", "train.members=3")).items()}
     assert "fit on train + val, 3 members averaged, 115 min" in zoo.recipe(ensemble)
     assert "members" not in zoo.recipe(ours)
 
