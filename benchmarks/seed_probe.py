@@ -19,9 +19,9 @@ import keras
 import numpy as np
 
 from pipeline.config import compose, parse_params
+from pipeline.fitting import class_weights, compile_for_training, make_dataset
 from pipeline.models import build_model
-from pipeline.prepared import load_split
-from pipeline.training import class_weights, compile_for_training, make_dataset
+from pipeline.splits import load_split
 
 
 def main() -> None:

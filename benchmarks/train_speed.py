@@ -4,7 +4,7 @@ lever (precision, oneDNN, XLA, threads, batch size, determinism), and per model.
     .venv/bin/python benchmarks/train_speed.py [--steps 40] [--only "mixed_bfloat16" ...]
 
 Under a time budget, images/s is accuracy: the preset trains for as many epochs as the host allows. Each
-measurement runs the real training code path (`pipeline.training.make_dataset` with the preset's
+measurement runs the real training code path (`pipeline.fitting.make_dataset` with the preset's
 augmentation, `compile_for_training`, `model.fit`) on random 48x48 pixels, after one warm-up epoch that pays
 for tracing, each in its own process: oneDNN and thread counts are fixed when TensorFlow starts, and op
 determinism cannot be switched off again once on. Writes reports/train_speed.json and .md (atomically),
@@ -69,9 +69,9 @@ def measure(setting: Setting, steps: int) -> dict[str, object]:
     import tensorflow as tf
 
     from pipeline.config import compose, parse_params
+    from pipeline.fitting import compile_for_training, make_dataset, onednn_enabled, sharpness_aware
     from pipeline.inference.contract import CLASSES
     from pipeline.models import build_model, count_macs
-    from pipeline.training import compile_for_training, make_dataset, onednn_enabled, sharpness_aware
 
     if setting.threads:
         tf.config.threading.set_intra_op_parallelism_threads(setting.threads)

@@ -72,7 +72,7 @@ def main() -> None:
 
     from pipeline import models  # noqa: F401  (registers the TTA layers, so a TTA-wrapped model loads)
     from pipeline.files import write_text
-    from pipeline.prepared import load_split
+    from pipeline.splits import load_split
 
     model_path, val_path = args.repo / "models" / "model.keras", args.repo / "data" / "prepared" / "val.npz"
     for path in (model_path, val_path):

@@ -37,7 +37,7 @@ from pipeline.config import EvaluateConfig
 from pipeline.inference.classifier import ModelError, TFLiteClassifier, read_labels, read_labels_file, usable_cores
 from pipeline.inference.contract import CLASSES, Tag
 from pipeline.metrics import recall
-from pipeline.prepared import PreparedReport, load_split
+from pipeline.splits import PreparedReport, load_split
 
 
 def present_classes(y_true: np.ndarray) -> list[int]:
@@ -374,7 +374,7 @@ def main() -> None:
     from pipeline import tracking
     from pipeline.config import load_params
     from pipeline.files import read_run_record, write_json
-    from pipeline.prepared import read_report
+    from pipeline.splits import read_report
 
     params, report = load_params(), read_report()
     registered = json.loads(artifacts.REGISTERED.read_text())

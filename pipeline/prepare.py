@@ -15,7 +15,7 @@ from pipeline.config import DataConfig, load_params
 from pipeline.data import DataError, read_source
 from pipeline.files import sha256_arrays
 from pipeline.inference.contract import CLASSES
-from pipeline.prepared import PreparedReport, save_split, write_report
+from pipeline.splits import PreparedReport, save_split, write_report
 
 Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
 

@@ -31,7 +31,7 @@ from pipeline.inference.classifier import TFLiteClassifier
 from pipeline.inference.contract import CLASSES, Family, Tag, registered_name
 from pipeline.inference.registry import log_pyfunc, sha256_of
 from pipeline.models import count_macs, with_views
-from pipeline.prepared import PreparedReport, load_split, read_report
+from pipeline.splits import PreparedReport, load_split, read_report
 
 
 def load_trained_model(path: Path) -> keras.Model:

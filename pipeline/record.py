@@ -27,7 +27,7 @@ from pipeline import artifacts
 from pipeline.history import read_history
 from pipeline.inference.contract import Tag
 from pipeline.metrics import epoch_metrics, headline_table, numeric
-from pipeline.prepared import PreparedReport, read_report
+from pipeline.splits import PreparedReport, read_report
 
 NOTE = "mlflow.note.content"  # the run's description in `mlflow ui`
 

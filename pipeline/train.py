@@ -30,12 +30,7 @@ import tensorflow as tf
 from pipeline import artifacts, cli, plots, tracking
 from pipeline.config import Distribute, ModelConfig, Params, TrainConfig, load_params
 from pipeline.files import atomic_path, write_json
-from pipeline.history import read_history, write_history
-from pipeline.inference.contract import CLASSES
-from pipeline.models import build_model, count_macs, ensemble
-from pipeline.prepared import PreparedReport, load_split, read_report
-from pipeline.timing import cpu_info, machine, machine_name
-from pipeline.training import (
+from pipeline.fitting import (
     AtomicBackupAndRestore,
     Diverged,
     EpochLog,
@@ -59,6 +54,11 @@ from pipeline.training import (
     usable_backup,
     worker_checkpoint,
 )
+from pipeline.history import read_history, write_history
+from pipeline.inference.contract import CLASSES
+from pipeline.models import build_model, count_macs, ensemble
+from pipeline.splits import PreparedReport, load_split, read_report
+from pipeline.timing import cpu_info, machine, machine_name
 
 Split = tuple[np.ndarray, np.ndarray]
 

@@ -17,7 +17,7 @@ the reduced gradient is one tensor copied to both devices, across workers the al
 same sum, and every replica then applies the same update to the same weights; the mirrored check is therefore
 exact. The multi-worker one allows 1e-6 relative (about eight float32 ulps) plus 1e-7 absolute: room for a
 collective that sums in a worker-dependent order, and nothing more. Divergences it caught, measured: batch-norm
-statistics that Keras 3 kept per replica (1e-3 to 3e-2 apart, before `pipeline.training.synchronize_batch_norm`),
+statistics that Keras 3 kept per replica (1e-3 to 3e-2 apart, before `pipeline.fitting.synchronize_batch_norm`),
 and workers whose own clocks paced the learning rate under a time budget (5e-6 apart, 3e-5 relative, after a
 single step; the config now refuses that combination). Every weight must also move by more than 1e-4 (measured:
 more than 7e-3), far above the tolerance.

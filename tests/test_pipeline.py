@@ -20,7 +20,7 @@ from pipeline.inference.classifier import TFLiteClassifier
 from pipeline.inference.contract import CLASSES
 from pipeline.inference.registry import download_registered
 from pipeline.metrics import HEADLINE, HEADLINE_NAMES, recall
-from pipeline.prepared import load_split
+from pipeline.splits import load_split
 
 from .conftest import REPO, Repro, free_port, run, wait_http
 

@@ -11,7 +11,7 @@ import pytest
 from pipeline.files import sha256_arrays
 from pipeline.inference.contract import CLASSES
 from pipeline.prepare import prepare
-from pipeline.prepared import load_split, read_report, save_split, write_report
+from pipeline.splits import load_split, read_report, save_split, write_report
 from tests.conftest import params
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from pipeline.config import Params, compose
-from pipeline.prepared import PreparedReport
+from pipeline.fitting import Diverged, SharpnessAware
+from pipeline.splits import PreparedReport
 from pipeline.synthetic import generate
 from pipeline.train import checkpoint_dir, train
-from pipeline.training import Diverged, SharpnessAware
 from tests.conftest import params
 
 TINY = ["data.n_train=280", "data.n_test=70", "train.epochs=2", "train.batch_size=32"]
@@ -161,7 +161,7 @@ def test_a_committed_teacher_teaches_only_while_it_is_the_file_its_card_pins(spl
 
 
 def test_distillation_targets_mix_softened_teacher_scores_with_the_labels() -> None:
-    from pipeline.training import distillation_targets
+    from pipeline.fitting import distillation_targets
 
     y = np.array([0, 3])
     teacher = np.array([[0.1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
@@ -312,8 +312,8 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_previous_one_resumed(splits, 
 
 def test_a_backup_write_that_fails_half_way_leaves_the_previous_pair_readable(tmp_path: Path) -> None:
     """A kill or power loss inside Keras' save: the files being replaced are never the ones written to."""
+    from pipeline.fitting import EpochLog, usable_backup
     from pipeline.train import callbacks_for
-    from pipeline.training import EpochLog, usable_backup
 
     p = tiny()
     (backup,) = [c for c in callbacks_for(p.train, EpochLog(2, 10, 2), tmp_path, 5, 0.0)

@@ -1,4 +1,4 @@
-"""pipeline/training.py: recipe pieces the FER2013 presets rely on (the time budget's pacing and stop, random
+"""pipeline/fitting.py: recipe pieces the FER2013 presets rely on (the time budget's pacing and stop, random
 erasing), run in-process on toy data."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.training import EpochLog, TimeBudget, augmenter, epochs_trained, lr_schedule, make_dataset, optimizer
+from pipeline.fitting import EpochLog, TimeBudget, augmenter, epochs_trained, lr_schedule, make_dataset, optimizer
 from tests.conftest import params
 
 
@@ -114,7 +114,7 @@ def test_cutmix_pastes_a_patch_of_another_face_and_mixes_the_labels_by_its_area(
 
 
 def test_a_sam_step_applies_the_gradient_of_the_weights_moved_uphill_by_rho() -> None:
-    from pipeline.training import sharpness_aware
+    from pipeline.fitting import sharpness_aware
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(16, 3)).astype("float32"), keras.utils.to_categorical(np.arange(16) % 2, 2)
