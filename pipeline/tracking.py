@@ -107,8 +107,9 @@ def check_sqlite_writable(uri: str) -> None:
                     db.execute("CREATE TABLE pipeline_write_probe (x)")
                 finally:
                     db.execute("ROLLBACK")
-        except sqlite3.Error as e:
-            problem = None if "locked" in str(e) else str(e)  # busy (a parallel writer) is not read-only
+        except sqlite3.Error as e:  # only a refusal to write is this check's to report: busy (a parallel
+            # writer) is not read-only, and a damaged file is connect()'s "not a usable MLflow store"
+            problem = str(e) if any(w in str(e) for w in ("readonly", "read-only", "unable to open")) else None
     elif path.parent.is_dir():  # a new store: SQLite must be able to create it
         try:
             tempfile.TemporaryFile(dir=path.parent).close()
