@@ -102,6 +102,16 @@ def test_a_stale_checkpoint_folder_is_removed(tmp_path: Path, monkeypatch) -> No
     assert not stale.exists() and kept.parent.resolve() == stale.parent
 
 
+def test_deterministic_training_twice_gives_identical_weights_and_metrics(splits, tmp_path: Path) -> None:
+    """`train.deterministic: true` (the default run): the same seed and data give the same network, to the bit,
+    in one process as in two (the lineage test rebuilds a whole registered version in a fresh clone)."""
+    p = tiny("train.deterministic=true")
+    first, second = (train(p.model, p.train, *splits, tmp_path / name) for name in ("a", "b"))
+    assert all(np.array_equal(a, b) for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True))
+    keys = ("val/accuracy", "val/loss", "val/best_epoch_accuracy")
+    assert {k: first.metrics[k] for k in keys} == {k: second.metrics[k] for k in keys}
+
+
 def test_the_gpu_preset_trains_a_few_steps_on_cpu(splits, tmp_path: Path) -> None:
     """mixed float16, MirroredStrategy over the one device there is, mixup, cutmix and SAM; exported in float32. The
     network is narrowed (the recipe is under test, and float16 is emulated slowly on a CPU)."""
