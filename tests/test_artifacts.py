@@ -170,3 +170,14 @@ def test_the_runner_package_imports_nothing_of_the_pipeline_outside_it() -> None
         if module.startswith("pipeline.inference"):
             outside = {d for d in deps if not d.startswith("pipeline.inference") and d != "pipeline"}
             assert not outside, f"{module} imports {sorted(outside)}"
+
+
+def test_no_function_in_pipeline_is_over_45_lines() -> None:
+    """A function a newcomer reads in one screen: past 45 lines (docstring included) it has become two jobs."""
+    long = []
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 45:
+                long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} "
+                            f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
