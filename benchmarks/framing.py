@@ -100,12 +100,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "faces.avi"
         truth = make_video(x, video, args.frames_per_face, seed=1, sizes=tuple(args.sizes))
-        for margin, threshold, tiles in [(m, t, k) for t in args.threshold for m in args.margin for k in args.tiles]:
-            overrides = [f"source={video}", "display=false", f"output.json={tmp}/out.jsonl", "smoothing=0",
+        settings = [(m, t, k) for t in args.threshold for m in args.margin for k in args.tiles]
+        for n, (margin, threshold, tiles) in enumerate(settings):
+            out = Path(tmp) / f"out-{n}.jsonl"  # one file per setting: the runner never overwrites one
+            overrides = [f"source={video}", "display=false", f"output.json={out}", "smoothing=0",
                          f"margin={margin}", f"detector.score_threshold={threshold}", f"detector.tiles={tiles}"]
             overrides += [f"model={args.model}"] if args.model else []
             stats = run(load_config(overrides))
-            records = [json.loads(line) for line in Path(f"{tmp}/out.jsonl").read_text().splitlines()]
+            records = [json.loads(line) for line in out.read_text().splitlines()]
             found = right = extra = crops_right = 0
             for record, (i, cx, cy) in zip(records, truth, strict=True):
                 hit = [f for f in record["faces"] if f["box"][0] <= cx <= f["box"][0] + f["box"][2]
