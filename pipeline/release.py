@@ -228,6 +228,7 @@ def main() -> None:
                 if out.exists():
                     raise SystemExit(f"error: {out} exists already: that run is a teacher already")
                 TEACHERS_DIR.mkdir(parents=True, exist_ok=True)
+                Path(tmp).chmod(0o755)  # a temporary folder is private (0700); a committed one is not
                 Path(tmp).rename(out)
         else:
             c, out = release(args.model, args.tracking_uri or default_tracking_uri()), RELEASE_DIR
