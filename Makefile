@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# two test workers (pytest-xdist): most integration tests wait on subprocesses; WORKERS= runs them one by one
+WORKERS ?= -n 2 --dist loadgroup
 
 .PHONY: help venv run exp-show test test-fast lint params lock venv-lean realtime-size release-model teacher wheel
 
@@ -28,10 +30,10 @@ exp-show: venv  ## the experiments' headline metrics in 120 columns (dvc exp sho
 	@$(BIN)/python -m pipeline.metrics $(ARGS)
 
 test: venv  ## the whole suite: in-process tests + integration (real dvc repro, mlflow server, PostgreSQL)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(WORKERS) $(PYTEST_ARGS)
 
 test-fast: venv  ## the in-process tests only (no dvc/mlflow/database processes): the edit-test loop
-	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not integration" $(WORKERS) $(PYTEST_ARGS)
 
 lint: venv  ## ruff
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -28,6 +29,17 @@ from pipeline.config import CONF_DIR, Params, compose, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs two workers (pytest-xdist, `--dist loadgroup`); a group stays on one worker.
+
+    A module's tests share its module-scoped fixtures (a trained model, a detector), so a module is a group; every
+    test that reads the session's real `dvc repro` joins one group instead, so that run is paid for once.
+    """
+    for item in items:
+        group = "repro" if "repro" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def load_benchmark(name: str) -> ModuleType:
@@ -55,6 +67,15 @@ def wait_http(url: str, timeout: float = 90.0, process: subprocess.Popen | None 
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def postgres_bin() -> Path | None:
+    """The folder of `initdb` and `pg_ctl`: on PATH, else Debian's /usr/lib/postgresql/<version>/bin (newest)."""
+    if found := shutil.which("initdb"):
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                      key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return versions[-1].parent if versions else None
 
 
 @dataclass
@@ -163,6 +184,13 @@ def run_queue(work: Path, env: dict[str, str], log: Path, jobs: int = 2, timeout
     finally:  # timed out or failed: end this copy's workers and their experiments, never leave them running
         if "Running" in status or "Queued" in status or not status:
             subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=work, env=env, capture_output=True, timeout=120)
+
+
+def exp_revs(work: Path, env: dict[str, str]) -> dict[str, dict]:
+    """The named experiments of `dvc exp show --json` in `work`: {name: rev}, each with its params and metrics."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], work, env).stdout)
+    return {r["name"]: r for b in shown for e in (b.get("experiments") or []) for r in e.get("revs", [])
+            if r.get("name")}
 
 
 def wait_for_epochs(work: Path, n: int, process: subprocess.Popen, timeout: float = 240) -> None:

@@ -19,8 +19,10 @@ from pipeline.files import atomic_path, write_json
 
 from .conftest import (
     Repro,
+    exp_revs,
     free_port,
     make_project_copy,
+    postgres_bin,
     project_env,
     run,
     run_queue,
@@ -114,20 +116,29 @@ def _run_status(work: Path, env: dict, run_id: str) -> str:
     return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(run_id).info.status
 
 
-def test_killed_training_resumes_and_finishes_with_the_same_epochs(tmp_path: Path) -> None:
+def test_stopped_then_killed_training_resumes_and_finishes_with_the_same_epochs(tmp_path: Path) -> None:
     # small batches make each epoch a few seconds long, so the signals land mid-run even on a busy machine
     work, env = stage_dir(tmp_path, [*TINY, "train.epochs=6", "train.batch_size=16"])
     assert stage("prepare", work, env).returncode == 0
     run_id = json.loads((work / "runs/prepare.json").read_text())["run_id"]
 
-    # SIGINT (Ctrl-C) after the first epoch: the run ends KILLED, no model is written
+    # SIGTERM (`kill`, systemd, a CI timeout) after the first epoch: one line saying where it stopped and how to
+    # resume, the run ends KILLED, no model is written (Ctrl-C takes the same path: tests/test_train.py)
     train = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=work, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     wait_for_epochs(work, 1, train)
     assert train.poll() is None, "training finished before it could be interrupted"
-    train.send_signal(signal.SIGINT)
-    train.communicate(timeout=120)
-    assert train.returncode != 0
+    train.send_signal(signal.SIGTERM)
+    _, err = train.communicate(timeout=120)
+    assert train.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and err.count("interrupted") == 1
+    match = re.fullmatch(r"\[train\] interrupted after epoch (\d+) of 6; the same command resumes from (\S+)",
+                         err.strip().splitlines()[-1])
+    assert match, err[-3000:]
+    checkpoint = work / match[2]
+    history = (checkpoint / "history.csv").read_text().strip().splitlines()
+    assert int(match[1]) == len(history) - 1 >= 1  # the epoch it names is the last one the checkpoint holds
+    assert (checkpoint / "backup").is_dir()
     assert _run_status(work, env, run_id) == "KILLED"
     assert not (work / "models/model.keras").exists()
 
@@ -154,40 +165,6 @@ def test_killed_training_resumes_and_finishes_with_the_same_epochs(tmp_path: Pat
     assert [int(line.split(",")[0]) for line in history[1:]] == [1, 2, 3, 4, 5, 6]
     assert (work / "models/model.keras").exists()
     assert not list((work / "models/checkpoints").iterdir())  # finished: nothing left to resume
-
-
-def test_sigterm_during_training_is_one_line_saying_where_it_stopped_and_how_to_resume(tmp_path: Path) -> None:
-    work, env = stage_dir(tmp_path, [*TINY, "train.epochs=6", "train.batch_size=16"])
-    assert stage("prepare", work, env).returncode == 0
-    train = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=work, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    wait_for_epochs(work, 1, train)
-    assert train.poll() is None, "training finished before it could be interrupted"
-    train.send_signal(signal.SIGTERM)  # what `kill`, systemd or a CI timeout sends
-    _, err = train.communicate(timeout=120)
-    assert train.returncode == 130
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    line = err.strip().splitlines()[-1]
-    match = re.fullmatch(r"\[train\] interrupted after epoch (\d+) of 6; the same command resumes from (\S+)", line)
-    assert match, err[-3000:]
-    assert err.count("interrupted") == 1
-    checkpoint = work / match[2]
-    history = (checkpoint / "history.csv").read_text().strip().splitlines()
-    assert int(match[1]) == len(history) - 1 >= 1  # the epoch it names is the last one the checkpoint holds
-    assert (checkpoint / "backup").is_dir()
-    assert not (work / "models/model.keras").exists()
-
-
-def test_a_checkpoint_made_with_other_params_is_not_resumed(tmp_path: Path) -> None:
-    work, env = stage_dir(tmp_path, [*TINY, "train.epochs=1"])
-    assert stage("prepare", work, env).returncode == 0
-    stale = work / "models" / "checkpoints" / "0123456789abcdef"
-    stale.mkdir(parents=True)
-    (stale / "history.csv").write_text("epoch,accuracy,loss\n0,0.5,1.0\n")
-    result = stage("train", work, env)
-    assert result.returncode == 0, result.stderr
-    assert "removing stale checkpoint" in result.stdout and "resuming" not in result.stdout
-    assert not stale.exists()
 
 
 # ---------------------------------------------------------------- services
@@ -234,6 +211,8 @@ def test_credentials_never_reach_logs_or_outputs(tmp_path: Path, mlflow_server) 
 
 # ---------------------------------------------------------------- reproducibility
 # ---------------------------------------------------------------- concurrency
+@pytest.mark.skipif(postgres_bin() is not None, reason="tests/test_postgres.py queues the same two experiments "
+                    "against a server on PostgreSQL (one 2-pipeline run is enough for `make test`)")
 def test_two_queued_experiments_in_parallel_against_a_server(tmp_path: Path, mlflow_server, repro: Repro) -> None:
     work = tmp_path / "repo"
     env = project_env(mlflow_server.uri)
@@ -245,8 +224,7 @@ def test_two_queued_experiments_in_parallel_against_a_server(tmp_path: Path, mlf
     assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", "q-one"], work, env).stdout
 
     # `-S` went through Hydra into each experiment's params, and `dvc exp show` lists accuracy and latency
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], work, env).stdout)
-    revs = {r.get("name"): r for b in shown for e in (b.get("experiments") or []) for r in e.get("revs", [])}
+    revs = exp_revs(work, env)
     for name, epochs in (("q-one", 1), ("q-three", 3)):
         data = revs[name]["data"]
         assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == epochs

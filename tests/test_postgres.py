@@ -2,6 +2,7 @@
 `mlflow server` on it that serves the artifacts itself, two queued experiments run in parallel against it, and
 then the database going away in the middle of a training.
 
+Where it runs, it stands for the SQLite-backed server's queue test in test_faults.py (one queue per suite).
 Skipped where the PostgreSQL server binaries are missing (`apt-get install postgresql`; `.ci/run` installs them).
 Postgres refuses to run as root, so as root the cluster runs as the `postgres` user the package creates.
 """
@@ -29,8 +30,10 @@ from pipeline.inference.contract import Tag, metric_tag
 from pipeline.inference.registry import download_registered
 
 from .conftest import (
+    exp_revs,
     free_port,
     make_project_copy,
+    postgres_bin,
     project_env,
     run,
     run_queue,
@@ -44,15 +47,6 @@ pytestmark = pytest.mark.integration
 TINY = ["experiment=tiny"]
 STAGES = ("prepare", "train", "quantize", "benchmark", "evaluate")
 MODEL = "fer-expression-synthetic"
-
-
-def postgres_bin() -> Path | None:
-    """The folder of `initdb` and `pg_ctl`: on PATH, else Debian's /usr/lib/postgresql/<version>/bin (newest)."""
-    if found := shutil.which("initdb"):
-        return Path(found).resolve().parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                      key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
-    return versions[-1].parent if versions else None
 
 
 @dataclass
@@ -182,6 +176,13 @@ def test_two_parallel_experiments_on_postgres_then_the_database_stops_mid_traini
         status = run_queue(work, env, tmp_path / "queue.log", timeout=1800)
         assert prepare.wait(timeout=300) == 0, prepare.stderr.read()
         assert status.count("Success") == 2, status + (tmp_path / "queue.log").read_text()[-3000:]
+        # `-S` went through Hydra into each experiment's params, and `dvc exp show` lists accuracy and latency
+        revs = exp_revs(work, env)
+        for name, n in epochs.items():
+            data = revs[name]["data"]
+            assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == n
+            assert "test/accuracy" in data["metrics"]["metrics/evaluate.json"]["data"]
+            assert "latency/ms_per_face" in data["metrics"]["metrics/benchmark.json"]["data"]
 
         client = mlflow.MlflowClient(server.uri)
         experiment = client.get_experiment_by_name("fer-expression").experiment_id
