@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-# two test workers (pytest-xdist): most integration tests wait on subprocesses; WORKERS= runs them one by one
-WORKERS ?= -n 2 --dist loadgroup
+# two test workers (pytest-xdist; which tests share one: tests/conftest.py); WORKERS= runs them one by one
+WORKERS ?= -n 2
 
 .PHONY: help venv run exp-show test test-fast lint params lock venv-lean realtime-size release-model teacher wheel
 

@@ -282,26 +282,28 @@ def val_metrics(model: keras.Model, val_split: Split, history: list[dict[str, fl
 
 
 def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str,
-                   teachers_dir: Path = artifacts.TEACHERS_DIR) -> np.ndarray:
+                   teachers_dir: Path = artifacts.TEACHERS_DIR, what: str = "training faces") -> np.ndarray:
     """The teachers' averaged scores on `faces` (LiteRT): registered and committed ones sha256-checked, the
     bundled release only if it is still the one the config names."""
     from pipeline.inference.classifier import ModelError, TFLiteClassifier, usable_cores
-    from pipeline.inference.registry import download_registered, release_model, teacher_model
+    from pipeline.inference.registry import teacher
 
     scores = []
     for uri in teachers:
         try:
-            if uri.startswith("teacher:"):
-                model = teacher_model(uri.removeprefix("teacher:"), teachers_dir)
-            elif uri.startswith("release:"):
-                model = release_model(uri)
-            else:
-                model = download_registered(uri, tracking_uri)
+            model = teacher(uri, tracking_uri, teachers_dir)
         except ModelError as e:
             raise SystemExit(f"error: train.distill.teachers: {e}") from None
-        print(f"[train] teacher {uri}: scoring {len(faces)} training faces")
+        print(f"[train] teacher {uri}: scoring {len(faces)} {what}")
         scores.append(TFLiteClassifier(model.tflite, model.labels, usable_cores()).predict(faces))
     return np.mean(scores, axis=0)
+
+
+def teachers_val_accuracy(teachers: list[str], val_split: Split, tracking_uri: str) -> float:
+    """The teachers' averaged accuracy on val: the targets the student learns from, so about the most it can reach
+    (benchmarks/teachers.py compares subsets before a training is spent)."""
+    x_val, y_val = val_split
+    return float((teacher_scores(teachers, x_val, tracking_uri, what="val faces").argmax(1) == y_val).mean())
 
 
 def write_outputs(result: TrainResult) -> None:
@@ -327,12 +329,16 @@ def main() -> None:
     checkpoint = checkpoint_dir(params, report)
     distill = params.train.distill
     fitted = np.concatenate([splits[0][0], splits[1][0]]) if params.train.include_val else splits[0][0]
-    teachers = teacher_scores(distill.teachers, fitted, tracking.tracking_uri(params.mlflow)) if distill.teachers \
-        else None
+    uri = tracking.tracking_uri(params.mlflow)
+    teachers = teacher_scores(distill.teachers, fitted, uri) if distill.teachers else None
+    ceiling = teachers_val_accuracy(distill.teachers, splits[1], uri) if teachers is not None and \
+        not params.train.include_val else None
     try:
         with tracking.stage_run("train", params):
             result = train_members(params.model, params.train, *splits, checkpoint, tracking.log_step_metrics,
                                    teachers)
+            if ceiling is not None:
+                result.metrics["val/teachers_accuracy"] = ceiling
             write_outputs(result)
             log(result)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: where it stopped and how to go on, in one line

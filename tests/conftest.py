@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
@@ -31,21 +32,37 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs two workers (pytest-xdist, `--dist loadgroup`); a group stays on one worker.
+# `make test` runs two workers (pytest-xdist). Each takes whole modules, so a module's fixtures are built once;
+# the modules whose tests read the session's real `dvc repro` (the `repro` fixture) go to one worker together, so
+# that run is paid for once. (xdist's own `--dist loadgroup` marks are ignored under pytest 9: nodeids are fixed.)
+REPRO_MODULES = ("tests/test_pipeline.py", "tests/test_lineage.py")
 
-    A module's tests share its module-scoped fixtures (a trained model, a detector), so a module is a group; every
-    test that reads the session's real `dvc repro` joins one group instead, so that run is paid for once.
-    """
-    for item in items:
-        group = "repro" if "repro" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "the dvc repro modules" if module in REPRO_MODULES else module
+
+    return ByModule(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on the shared `dvc repro` outside REPRO_MODULES would repeat that run on the other worker: refused."""
+    stray = [i.nodeid for i in items if "repro" in getattr(i, "fixturenames", ()) and
+             i.nodeid.split("::")[0] not in REPRO_MODULES]
+    if stray:
+        raise pytest.UsageError(f"{stray[0]} uses the `repro` fixture: move it into one of {', '.join(REPRO_MODULES)}"
+                                " (tests/conftest.py: they share one xdist worker and one pipeline run)")
 
 
 def load_benchmark(name: str) -> ModuleType:
     """A script of benchmarks/ as a module (the folder is not a package), to test its functions in-process."""
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses (and pickling) look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -212,6 +212,21 @@ def test_changing_only_the_test_time_views_re_exports_without_retraining(repro: 
     assert labels["views"] == {"flip": True, "zoom": 0}
 
 
+def test_the_pipelines_int8_export_runs_in_the_runner(repro: Repro, tmp_path: Path) -> None:
+    """The uint8-input int8 file that the real `dvc repro` exported, not a stand-in, on a video with a face."""
+    from tests.fixtures import videos
+
+    clip = tmp_path / "clip.avi"
+    videos.make_video(clip, frames=20)
+    exported = repro.path / "models" / "tflite" / "int8.tflite"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DISPLAY"))}
+    result = subprocess.run([sys.executable, "-m", "pipeline.inference.realtime", f"source={clip}",
+                             f"model={exported}", "display=false", "output.json=-"], cwd=tmp_path,
+                            env=env | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert sum(bool(json.loads(line)["faces"]) for line in result.stdout.splitlines()) >= 18
+
+
 def test_repro_again_runs_no_stage(repro: Repro) -> None:
     again = run(["dvc", "repro"], repro.path, repro.env)
     assert "Running stage" not in again.stdout

@@ -140,6 +140,19 @@ def test_the_bundled_release_can_teach_and_is_pinned_by_its_name(splits) -> None
         teacher_scores(["release:an-older-release"], faces, tracking_uri="sqlite:///nowhere.db")
 
 
+def test_the_teachers_val_accuracy_is_their_averaged_scores_against_the_labels(splits) -> None:
+    """Logged as val/teachers_accuracy when distilling: about the most the student can reach."""
+    from pipeline.inference.registry import release_model
+    from pipeline.train import teacher_scores, teachers_val_accuracy
+
+    faces, name = splits[1][0][:20], release_model().uri
+    picked = teacher_scores([name], faces, "sqlite:///nowhere.db").argmax(axis=1)
+    assert teachers_val_accuracy([name], (faces, picked), "sqlite:///nowhere.db") == 1.0
+    assert teachers_val_accuracy([name], (faces, (picked + 1) % 7), "sqlite:///nowhere.db") == 0.0
+    assert teachers_val_accuracy([name], (faces, np.where(np.arange(20) < 5, picked, (picked + 1) % 7)),
+                                 "sqlite:///nowhere.db") == 0.25
+
+
 def test_a_committed_teacher_teaches_only_while_it_is_the_file_its_card_pins(splits, tmp_path: Path) -> None:
     """Teachers live in git (models/teachers/<name>/) so an ensemble can grow across sessions and hosts; an
     edited or half-copied file must fail the run, not silently become another teacher."""

@@ -72,6 +72,7 @@ def test_the_zoo_adds_this_stores_runs_to_the_earlier_rows(tmp_path: Path) -> No
     table = out.with_suffix(".md").read_text()
     assert "| fer2013-new |" in table and "| fer2013-old |" in table
     assert out.with_name("fer2013-zoo.png").read_bytes()[:4] == b"\x89PNG"
+    assert out.with_name("fer2013-macs.png").read_bytes()[:4] == b"\x89PNG"  # accuracy against MACs
 
     fresh = _zoo(store, out, "--fresh")
     assert fresh.returncode == 0, fresh.stderr

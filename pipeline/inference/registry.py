@@ -113,6 +113,16 @@ def teacher_model(name: str, folder: Path) -> ResolvedModel:
     return resolved
 
 
+def teacher(uri: str, tracking_uri: str, folder: Path) -> ResolvedModel:
+    """A distillation teacher by its config name: `teacher:<folder>` (committed), `release:<name>` (bundled, if
+    still the one named) or a `models:/` URI (registered); each file sha256-checked."""
+    if uri.startswith("teacher:"):
+        return teacher_model(uri.removeprefix("teacher:"), folder)
+    if uri.startswith("release:"):
+        return release_model(uri)
+    return download_registered(uri, tracking_uri)
+
+
 def release_card() -> dict[str, Any]:
     """The bundled release's model_card.json ({} when absent or unreadable: the card only adds figures)."""
     import json

@@ -68,16 +68,6 @@ def test_video_run_finds_the_face_writes_json_lines_and_an_annotated_video(clip,
     assert frame_count(tmp_path / "out" / "annotated.avi") == 60
 
 
-@pytest.mark.integration
-def test_the_pipelines_int8_export_runs_in_the_runner(repro, clip, tmp_path) -> None:
-    """The uint8-input int8 file that the real `dvc repro` (tests/conftest.py) exported, not a stand-in."""
-    exported = repro.path / "models" / "tflite" / "int8.tflite"
-    result = realtime(f"source={clip[0]}", f"model={exported}", "display=false", "max_frames=20", "output.json=-",
-                      cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert sum(bool(json.loads(line)["faces"]) for line in result.stdout.splitlines()) >= 18
-
-
 def test_image_folder_run_writes_annotated_images_and_skips_a_corrupt_one(clip, tiny_model, tmp_path) -> None:
     photo = cv2.imread(str(VIDEO.PHOTO))
     folder = tmp_path / "photos"
