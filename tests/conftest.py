@@ -38,6 +38,7 @@ BIN = Path(sys.executable).parent
 REPRO_MODULES = ("tests/test_pipeline.py", "tests/test_lineage.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it installed, tests run one by one
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
