@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 PEER_VENV = REPO / ".venv-peer"
 PEER_PACKAGES = ["setuptools<81", "tensorflow-cpu==2.21.0", "opencv-contrib-python", "requests", "pillow"]
 PEER_VERSION = "fer==25.10.3"
-TARGET_MS, TARGET_SPEEDUP = 3.0, 6.0
+TARGET_MS, TARGET_SPEEDUP = 3.0, 10.0  # issue 3's 3 ms per frame; issue 38's 10x the peer
 
 
 def stats_ms(samples: list[float]) -> dict[str, float]:
@@ -119,6 +119,8 @@ def load() -> list[float]:
 
 
 def report_md(r: dict) -> str:
+    from pipeline.timing import machine_name
+
     ours, peer = r["ours"], r["peer"]
     m = r["machine"]
     rows = "\n".join(f"| {k} | {v['median_ms']:.3f} | {v['mean_ms']:.3f} | {v['p90_ms']:.3f} |"
@@ -130,7 +132,7 @@ def report_md(r: dict) -> str:
 
 Measured {r['date']} by `benchmarks/realtime.py` in one run: ours, then the peer, on the same video.
 
-- Machine: {m['cpu']}, {m['cores']} cores, {m['system']}, Python {m['python']}.
+- Machine: {machine_name(m)}, {m['system']}, Python {m['python']}.
 - Load average (1, 5, 15 min): before ours {r['load']['before_ours']}, before the peer {r['load']['before_peer']},
   after {r['load']['after']}. On a 2-core machine a load above ~1 means other work competed for the CPU.
 - Video: {r['video']['frames']} frames, 640x480, {r['video']['codec']}, one real face (NASA astronaut photo)
