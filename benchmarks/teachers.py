@@ -53,7 +53,7 @@ def score(uris: list[str], x: np.ndarray, folder: Path, tracking_uri: str) -> di
 
 
 def ensembles(scores: dict[str, np.ndarray], y: np.ndarray) -> list[dict]:
-    """The accuracy of the averaged scores of every subset of two or more teachers, best first."""
+    """The accuracy of the averaged scores of every subset of two or more teachers: by size, the best first."""
     names, rows = list(scores), []
     for size in range(2, len(names) + 1):
         for subset in itertools.combinations(names, size):
@@ -63,6 +63,7 @@ def ensembles(scores: dict[str, np.ndarray], y: np.ndarray) -> list[dict]:
 
 
 def report(scores: dict[str, np.ndarray], y: np.ndarray, split: Path, digest: str) -> tuple[dict, str]:
+    """The figures (JSON) and the table (Markdown); the split named without a local folder, by its digest."""
     single = {n: float((s.argmax(1) == y).mean()) for n, s in scores.items()}
     subsets = ensembles(scores, y)
     best = {size: max((r for r in subsets if len(r["teachers"]) == size), key=lambda r: r["accuracy"])

@@ -3,6 +3,7 @@ after an interruption, the checkpoint key, and the GPU preset's recipe on a CPU.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -171,6 +172,12 @@ def test_a_committed_teacher_teaches_only_while_it_is_the_file_its_card_pins(spl
     with pytest.raises(SystemExit, match=r"^error: train.distill.teachers: teacher:t2: no .*teachers/t2/model.tflite "
                                          r"\(teachers in .*: t1\)$"):
         teacher_scores(["teacher:t2"], faces, "sqlite:///nowhere.db", tmp_path / "teachers")
+    labels = json.loads((folder / "labels.json").read_text())
+    (folder / "labels.json").write_text(json.dumps({**labels, "labels": labels["labels"][::-1]}))
+    with pytest.raises(SystemExit, match=r"^error: train.distill.teachers: teacher:t1: labels \['surprise', .*not the "
+                                         r"pipeline's class order \['angry', "):  # averaged by column: refused
+        teacher_scores(["teacher:t1"], faces, "sqlite:///nowhere.db", tmp_path / "teachers")
+    (folder / "labels.json").write_text(json.dumps(labels))
     with open(folder / "model.tflite", "r+b") as fh:  # one byte changed
         fh.seek(100)
         byte = fh.read(1)

@@ -25,6 +25,7 @@ from typing import Any
 from pipeline.inference.classifier import ModelError, read_labels_file
 from pipeline.inference.contract import (
     CHAMPION,
+    CLASSES,
     LABELS_FILE,
     MIN_FACE,
     MODEL_FILE,
@@ -117,10 +118,14 @@ def teacher(uri: str, tracking_uri: str, folder: Path) -> ResolvedModel:
     """A distillation teacher by its config name: `teacher:<folder>` (committed), `release:<name>` (bundled, if
     still the one named) or a `models:/` URI (registered); each file sha256-checked."""
     if uri.startswith("teacher:"):
-        return teacher_model(uri.removeprefix("teacher:"), folder)
-    if uri.startswith("release:"):
-        return release_model(uri)
-    return download_registered(uri, tracking_uri)
+        model = teacher_model(uri.removeprefix("teacher:"), folder)
+    elif uri.startswith("release:"):
+        model = release_model(uri)
+    else:
+        model = download_registered(uri, tracking_uri)
+    if model.labels != list(CLASSES):  # scores are averaged column by column: one class order for all
+        raise ModelError(f"{uri}: labels {model.labels}, not the pipeline's class order {list(CLASSES)}")
+    return model
 
 
 def release_card() -> dict[str, Any]:
