@@ -87,6 +87,14 @@ def wait_http(url: str, timeout: float = 90.0, process: subprocess.Popen | None 
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
+def realtime(*overrides: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`fer-realtime` as a user starts it: a subprocess outside any project (no store, no DVC root, no screen)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DISPLAY"))}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "pipeline.inference.realtime", *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def postgres_bin() -> Path | None:
     """The folder of `initdb` and `pg_ctl`: on PATH, else Debian's /usr/lib/postgresql/<version>/bin (newest)."""
     if found := shutil.which("initdb"):

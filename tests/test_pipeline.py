@@ -22,7 +22,7 @@ from pipeline.inference.registry import download_registered
 from pipeline.metrics import HEADLINE, HEADLINE_NAMES, recall
 from pipeline.splits import load_split
 
-from .conftest import REPO, Repro, free_port, run, wait_http
+from .conftest import REPO, Repro, free_port, realtime, run, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -219,10 +219,7 @@ def test_the_pipelines_int8_export_runs_in_the_runner(repro: Repro, tmp_path: Pa
     clip = tmp_path / "clip.avi"
     videos.make_video(clip, frames=20)
     exported = repro.path / "models" / "tflite" / "int8.tflite"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DISPLAY"))}
-    result = subprocess.run([sys.executable, "-m", "pipeline.inference.realtime", f"source={clip}",
-                             f"model={exported}", "display=false", "output.json=-"], cwd=tmp_path,
-                            env=env | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    result = realtime(f"source={clip}", f"model={exported}", "display=false", "output.json=-", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sum(bool(json.loads(line)["faces"]) for line in result.stdout.splitlines()) >= 18
 

@@ -24,16 +24,10 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.inference.contract import CLASSES, FRAMING_MARGIN
 from pipeline.inference.realtime import Smoother, load_config
+from tests.conftest import realtime
 from tests.fixtures import videos as VIDEO
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def realtime(*overrides: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DISPLAY"))}
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "pipeline.inference.realtime", *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def last_line(text: str) -> str:
