@@ -19,6 +19,7 @@ import math
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -282,28 +283,47 @@ def val_metrics(model: keras.Model, val_split: Split, history: list[dict[str, fl
 
 
 def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str,
-                   teachers_dir: Path = artifacts.TEACHERS_DIR, what: str = "training faces") -> np.ndarray:
+                   teachers_dir: Path = artifacts.TEACHERS_DIR, what: str = "training faces",
+                   cache: Path | None = None) -> np.ndarray:
     """The teachers' averaged scores on `faces` (LiteRT): registered and committed ones sha256-checked, the
-    bundled release only if it is still the one the config names."""
-    from pipeline.inference.classifier import ModelError, TFLiteClassifier, usable_cores
-    from pipeline.inference.registry import teacher
+    bundled release only if it is still the one the config names.
 
+    With `cache` (a file in the run's checkpoint folder), the scores are kept there with the teachers' sha256
+    and the faces' digest, so that a resumed distillation does not score every face again: three teachers of
+    320 M MACs took 3 minutes per start on Intel AMX and 8 on an AVX2-only Zen 3, before the first epoch.
+    """
+    from pipeline.inference.classifier import ModelError, TFLiteClassifier, usable_cores
+    from pipeline.inference.registry import sha256_of, teacher
+
+    try:
+        models = [teacher(uri, tracking_uri, teachers_dir) for uri in teachers]
+    except ModelError as e:
+        raise SystemExit(f"error: train.distill.teachers: {e}") from None
+    key = np.array([sha256_of(m.tflite) for m in models] + [hashlib.sha256(faces.tobytes()).hexdigest()])
+    if cache is not None and cache.is_file():
+        unreadable = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)  # then score again, below
+        with contextlib.suppress(*unreadable), np.load(cache) as kept:
+            if np.array_equal(kept["key"], key) and kept["scores"].shape == (len(faces), len(CLASSES)):
+                print(f"[train] the teachers' scores on {len(faces)} {what}: taken from {cache}")
+                return kept["scores"]
     scores = []
-    for uri in teachers:
-        try:
-            model = teacher(uri, tracking_uri, teachers_dir)
-        except ModelError as e:
-            raise SystemExit(f"error: train.distill.teachers: {e}") from None
+    for uri, model in zip(teachers, models, strict=True):
         print(f"[train] teacher {uri}: scoring {len(faces)} {what}")
         scores.append(TFLiteClassifier(model.tflite, model.labels, usable_cores()).predict(faces))
-    return np.mean(scores, axis=0)
+    averaged = np.mean(scores, axis=0)
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            np.savez(tmp, scores=averaged, key=key)
+    return averaged
 
 
-def teachers_val_accuracy(teachers: list[str], val_split: Split, tracking_uri: str) -> float:
+def teachers_val_accuracy(teachers: list[str], val_split: Split, tracking_uri: str,
+                          cache: Path | None = None) -> float:
     """The teachers' averaged accuracy on val: the targets the student learns from, so about the most it can reach
     (benchmarks/teachers.py compares subsets before a training is spent)."""
     x_val, y_val = val_split
-    return float((teacher_scores(teachers, x_val, tracking_uri, what="val faces").argmax(1) == y_val).mean())
+    scores = teacher_scores(teachers, x_val, tracking_uri, what="val faces", cache=cache)
+    return float((scores.argmax(1) == y_val).mean())
 
 
 def write_outputs(result: TrainResult) -> None:
@@ -330,9 +350,10 @@ def main() -> None:
     distill = params.train.distill
     fitted = np.concatenate([splits[0][0], splits[1][0]]) if params.train.include_val else splits[0][0]
     uri = tracking.tracking_uri(params.mlflow)
-    teachers = teacher_scores(distill.teachers, fitted, uri) if distill.teachers else None
-    ceiling = teachers_val_accuracy(distill.teachers, splits[1], uri) if teachers is not None and \
-        not params.train.include_val else None
+    teachers = (teacher_scores(distill.teachers, fitted, uri, cache=checkpoint / "teachers-train.npz")
+                if distill.teachers else None)
+    ceiling = (teachers_val_accuracy(distill.teachers, splits[1], uri, cache=checkpoint / "teachers-val.npz")
+               if teachers is not None and not params.train.include_val else None)
     try:
         with tracking.stage_run("train", params):
             result = train_members(params.model, params.train, *splits, checkpoint, tracking.log_step_metrics,

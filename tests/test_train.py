@@ -141,6 +141,36 @@ def test_the_bundled_release_can_teach_and_is_pinned_by_its_name(splits) -> None
         teacher_scores(["release:an-older-release"], faces, tracking_uri="sqlite:///nowhere.db")
 
 
+def test_a_resumed_distillation_takes_the_teachers_scores_from_its_checkpoint(splits, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """Scoring every training face with three big teachers took minutes per start; the checkpoint keeps the
+    scores, keyed by the teachers' sha256 and the faces, and a damaged or foreign file is scored again."""
+    import shutil
+
+    from pipeline.inference.classifier import TFLiteClassifier
+    from pipeline.inference.registry import RELEASE_DIR, release_model
+    from pipeline.train import teacher_scores
+
+    shutil.copytree(RELEASE_DIR, tmp_path / "teachers" / "t1")
+    faces, name, cache = splits[0][0][:12], release_model().uri, tmp_path / "ckpt" / "teachers-train.npz"
+    first = teacher_scores([name], faces, "sqlite:///nowhere.db", cache=cache)
+    assert cache.is_file()
+    calls = []
+    predict = TFLiteClassifier.predict
+    monkeypatch.setattr(TFLiteClassifier, "predict", lambda self, x: calls.append(len(x)) or predict(self, x))
+    np.testing.assert_array_equal(teacher_scores([name], faces, "sqlite:///nowhere.db", cache=cache), first)
+    assert calls == []  # from the file
+    teacher_scores([name], faces[:6], "sqlite:///nowhere.db", cache=cache)  # other faces: scored again
+    assert calls == [6]
+    teacher_scores([name, "teacher:t1"], faces[:6], "sqlite:///nowhere.db", tmp_path / "teachers", cache=cache)
+    assert calls == [6, 6, 6]  # other teachers: both scored
+    cache.write_bytes(cache.read_bytes()[:40])  # a write cut short
+    np.testing.assert_array_equal(teacher_scores([name], faces, "sqlite:///nowhere.db", cache=cache), first)
+    assert calls == [6, 6, 6, 12]
+    assert teacher_scores([name], faces, "sqlite:///nowhere.db", cache=cache).shape == (12, 7)
+    assert calls == [6, 6, 6, 12]  # rewritten whole, read back
+
+
 def test_the_teachers_val_accuracy_is_their_averaged_scores_against_the_labels(splits) -> None:
     """Logged as val/teachers_accuracy when distilling: about the most the student can reach."""
     from pipeline.inference.registry import release_model
