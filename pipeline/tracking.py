@@ -319,6 +319,12 @@ def log_step_metrics(logs: dict[str, float], step: int) -> None:
     mlflow.log_metrics(epoch_metrics(logs), step=step)
 
 
+def log_teacher_step_metrics(logs: dict[str, float], step: int) -> None:
+    """One epoch of a teacher fitted before the student (`train.distill.fit`), under `teachers/epoch/`, so
+    that its curves stay apart from the student's."""
+    mlflow.log_metrics({f"teachers/{k}": v for k, v in epoch_metrics(logs).items()}, step=step)
+
+
 # ---------------------------------------------------------------- registry
 def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
     client = mlflow.MlflowClient()

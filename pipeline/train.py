@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -57,7 +58,7 @@ from pipeline.fitting import (
 )
 from pipeline.history import read_history, write_history
 from pipeline.inference.contract import CLASSES
-from pipeline.models import build_model, count_macs, ensemble
+from pipeline.models import build_model, count_macs, ensemble, with_views
 from pipeline.splits import PreparedReport, load_split, read_report
 from pipeline.timing import cpu_info, machine, machine_name
 
@@ -199,7 +200,8 @@ def how_trained(precision: str) -> dict[str, str]:
 
 
 def train_members(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_split: Split, checkpoint: Path,
-                  log: MetricsLogger | None = None, teacher_scores: np.ndarray | None = None) -> TrainResult:
+                  log: MetricsLogger | None = None, teacher_scores: np.ndarray | None = None,
+                  keep: bool = False) -> TrainResult:
     """`train.members` networks, one after another, each from its own seed (`seed`, `seed` + 1, ...) for an
     equal share of the time budget, averaged into one model; `train()` itself for one member.
 
@@ -300,30 +302,51 @@ def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str,
     except ModelError as e:
         raise SystemExit(f"error: train.distill.teachers: {e}") from None
     key = np.array([sha256_of(m.tflite) for m in models] + [hashlib.sha256(faces.tobytes()).hexdigest()])
+
+    def score() -> np.ndarray:
+        scores = []
+        for uri, model in zip(teachers, models, strict=True):
+            print(f"[train] teacher {uri}: scoring {len(faces)} {what}")
+            scores.append(TFLiteClassifier(model.tflite, model.labels, usable_cores()).predict(faces))
+        return np.mean(scores, axis=0)
+
+    return cached(cache, key, len(faces), what, score)
+
+
+def fit_teachers(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_split: Split, checkpoint: Path,
+                 log: MetricsLogger | None = None) -> tuple[keras.Model, dict[str, float]]:
+    """Train `train.distill.fit`'s teachers (`train_members` with their model, seeds and time, no distillation)
+    and return their average seen through the fit's views, with their figures under `teachers/`."""
+    fit = cfg.distill.fit
+    teacher_cfg = replace(cfg, members=fit.count, seed=fit.seed, time_budget_min=fit.time_budget_min * fit.count,
+                          distill=replace(cfg.distill, teachers=[], weight=0.0, fit=replace(fit, count=0)))
+    print(f"[train] fitting {fit.count} teacher{'s' * (fit.count > 1)} first ({fit.model.name}, seeds "
+          f"{fit.seed}-{fit.seed + fit.count - 1}), then the student")
+    result = train_members(fit.model, teacher_cfg, train_split, val_split, checkpoint, log, keep=True)
+    return with_views(result.model, fit.views), {f"teachers/{k}": v for k, v in result.metrics.items()}
+
+
+def fitted_teacher_scores(teacher: keras.Model, faces: np.ndarray, cache: Path, what: str) -> np.ndarray:
+    """The fitted teachers' scores on `faces` (float32 Keras), kept in `cache` with the faces' digest: they
+    cost minutes with four views, and the teachers in the checkpoint folder are the ones this run trained."""
+    key = np.array([hashlib.sha256(faces.tobytes()).hexdigest()])
+    return cached(cache, key, len(faces), what, lambda: teacher.predict(
+        faces[..., None].astype(np.float32), batch_size=256, verbose=0))
+
+
+def cached(cache: Path | None, key: np.ndarray, rows: int, what: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """`compute()`, or the scores kept in `cache` under the same `key` (a damaged file is computed again)."""
     if cache is not None and cache.is_file():
-        unreadable = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)  # then score again, below
+        unreadable = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)  # then computed again, below
         with contextlib.suppress(*unreadable), np.load(cache) as kept:
-            if np.array_equal(kept["key"], key) and kept["scores"].shape == (len(faces), len(CLASSES)):
-                print(f"[train] the teachers' scores on {len(faces)} {what}: taken from {cache}")
+            if np.array_equal(kept["key"], key) and kept["scores"].shape == (rows, len(CLASSES)):
+                print(f"[train] the teachers' scores on {rows} {what}: taken from {cache}")
                 return kept["scores"]
-    scores = []
-    for uri, model in zip(teachers, models, strict=True):
-        print(f"[train] teacher {uri}: scoring {len(faces)} {what}")
-        scores.append(TFLiteClassifier(model.tflite, model.labels, usable_cores()).predict(faces))
-    averaged = np.mean(scores, axis=0)
+    scores = compute()
     if cache is not None:
         with atomic_path(cache) as tmp:
-            np.savez(tmp, scores=averaged, key=key)
-    return averaged
-
-
-def teachers_val_accuracy(teachers: list[str], val_split: Split, tracking_uri: str,
-                          cache: Path | None = None) -> float:
-    """The teachers' averaged accuracy on val: the targets the student learns from, so about the most it can reach
-    (benchmarks/teachers.py compares subsets before a training is spent)."""
-    x_val, y_val = val_split
-    scores = teacher_scores(teachers, x_val, tracking_uri, what="val faces", cache=cache)
-    return float((scores.argmax(1) == y_val).mean())
+            np.savez(tmp, scores=scores, key=key)
+    return scores
 
 
 def write_outputs(result: TrainResult) -> None:
@@ -342,30 +365,49 @@ def log(result: TrainResult) -> None:
         mlflow.log_artifact(str(path), folder)
 
 
+def distillation(params: Params, splits: tuple[Split, Split], checkpoint: Path,
+                 log: MetricsLogger | None) -> tuple[np.ndarray | None, dict[str, float]]:
+    """The teachers' averaged scores on the faces the student fits (None: no distillation), and the figures to
+    log beside the student's: the teachers' average on val (about the most the student can reach) and, when
+    fitted here, the teachers' own. Scores are kept in `checkpoint`, so a resumed run does not score again."""
+    distill, cfg = params.train.distill, params.train
+    if not distill.teachers and not distill.fit.count:
+        return None, {}
+    fitted = np.concatenate([splits[0][0], splits[1][0]]) if cfg.include_val else splits[0][0]
+    metrics: dict[str, float] = {}
+    if distill.fit.count:
+        teacher, metrics = fit_teachers(params.model, cfg, *splits, checkpoint / "teachers", log)
+        scores = fitted_teacher_scores(teacher, fitted, checkpoint / "teachers-train.npz", "training faces")
+        val = None if cfg.include_val else fitted_teacher_scores(teacher, splits[1][0],
+                                                                 checkpoint / "teachers-val.npz", "val faces")
+    else:
+        uri = tracking.tracking_uri(params.mlflow)
+        scores = teacher_scores(distill.teachers, fitted, uri, cache=checkpoint / "teachers-train.npz")
+        val = None if cfg.include_val else teacher_scores(distill.teachers, splits[1][0], uri, what="val faces",
+                                                          cache=checkpoint / "teachers-val.npz")
+    if val is not None:
+        metrics["val/teachers_accuracy"] = float((val.argmax(1) == splits[1][1]).mean())
+    return scores, metrics
+
+
 def main() -> None:
     params = load_params()
     report = read_report()
     splits = load_split("train"), load_split("val")
     checkpoint = checkpoint_dir(params, report)
-    distill = params.train.distill
-    fitted = np.concatenate([splits[0][0], splits[1][0]]) if params.train.include_val else splits[0][0]
-    uri = tracking.tracking_uri(params.mlflow)
-    teachers = (teacher_scores(distill.teachers, fitted, uri, cache=checkpoint / "teachers-train.npz")
-                if distill.teachers else None)
-    ceiling = (teachers_val_accuracy(distill.teachers, splits[1], uri, cache=checkpoint / "teachers-val.npz")
-               if teachers is not None and not params.train.include_val else None)
     try:
         with tracking.stage_run("train", params):
+            teachers, teacher_metrics = distillation(params, splits, checkpoint, tracking.log_teacher_step_metrics)
             result = train_members(params.model, params.train, *splits, checkpoint, tracking.log_step_metrics,
                                    teachers)
-            if ceiling is not None:
-                result.metrics["val/teachers_accuracy"] = ceiling
+            result.metrics |= teacher_metrics
             write_outputs(result)
             log(result)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: where it stopped and how to go on, in one line
         done = read_history(checkpoint / "history.csv")
-        print(f"[train] interrupted after epoch {done[-1]['epoch'] if done else 0} of {params.train.epochs}; "
-              f"the same command resumes from {checkpoint}", file=sys.stderr)
+        where = (f"after epoch {done[-1]['epoch'] if done else 0} of {params.train.epochs}"
+                 if done or not (checkpoint / "teachers").exists() else "while fitting the teachers")
+        print(f"[train] interrupted {where}; the same command resumes from {checkpoint}", file=sys.stderr)
         raise SystemExit(130) from None
     except Diverged as e:  # the run is FAILED; no model file, nothing for quantize to register
         raise SystemExit(f"error: [train] {e}; no model was written") from None

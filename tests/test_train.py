@@ -171,17 +171,68 @@ def test_a_resumed_distillation_takes_the_teachers_scores_from_its_checkpoint(sp
     assert calls == [6, 6, 6, 12]  # rewritten whole, read back
 
 
-def test_the_teachers_val_accuracy_is_their_averaged_scores_against_the_labels(splits) -> None:
+def test_the_teachers_val_accuracy_is_their_averaged_scores_against_the_labels(splits, tmp_path: Path) -> None:
     """Logged as val/teachers_accuracy when distilling: about the most the student can reach."""
     from pipeline.inference.registry import release_model
-    from pipeline.train import teacher_scores, teachers_val_accuracy
+    from pipeline.train import distillation, teacher_scores
 
-    faces, name = splits[1][0][:20], release_model().uri
+    name = release_model().uri
+    p = tiny(f"train.distill.teachers=[{name}]", "train.distill.weight=0.5", "mlflow.tracking_uri=sqlite:///nowhere.db")
+    faces = splits[1][0][:20]
     picked = teacher_scores([name], faces, "sqlite:///nowhere.db").argmax(axis=1)
-    assert teachers_val_accuracy([name], (faces, picked), "sqlite:///nowhere.db") == 1.0
-    assert teachers_val_accuracy([name], (faces, (picked + 1) % 7), "sqlite:///nowhere.db") == 0.0
-    assert teachers_val_accuracy([name], (faces, np.where(np.arange(20) < 5, picked, (picked + 1) % 7)),
-                                 "sqlite:///nowhere.db") == 0.25
+    for labels, expected in ((picked, 1.0), ((picked + 1) % 7, 0.0),
+                             (np.where(np.arange(20) < 5, picked, (picked + 1) % 7), 0.25)):
+        scores, metrics = distillation(p, (splits[0], (faces, labels)), tmp_path / str(expected), None)
+        assert metrics == {"val/teachers_accuracy": expected} and scores.shape == (280, 7)
+    assert distillation(tiny(), splits, tmp_path / "none", None) == (None, {})  # no teachers: no distillation
+
+
+def test_teachers_fitted_first_teach_the_student_and_are_not_fitted_again(splits, tmp_path: Path, capsys) -> None:
+    """`train.distill.fit`: the release recipe in one run. The teachers (their own model section, seeds and
+    views) are fitted, kept in the checkpoint, and their scores reused by a resumed run."""
+    from pipeline.train import distillation
+
+    p = tiny("train.distill.fit.count=2", "train.distill.fit.seed=5", "train.distill.weight=0.5",
+             "+model@train.distill.fit.model=fer_vgg", "train.distill.fit.model.filters=[8,8,16,16]",
+             "train.distill.fit.views.flip=true", "train.epochs=1")
+    assert p.train.distill.fit.model.filters == [8, 8, 16, 16] != p.model.filters  # not the student's
+    curves: list[tuple[dict, int]] = []
+    scores, metrics = distillation(p, splits, tmp_path / "ckpt", lambda m, step: curves.append((m, step)))
+    assert [step for _, step in curves] == [1, 2]  # teacher 1, then teacher 2
+    assert scores.shape == (280, 7) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+    assert metrics["teachers/train/members"] == 2 and 0 <= metrics["val/teachers_accuracy"] <= 1
+    assert {"teachers/val/member1_accuracy", "teachers/val/member2_accuracy"} <= set(metrics)
+    first = keras.models.load_model(tmp_path / "ckpt" / "teachers" / "member1" / "member.keras")
+    widths = [layer.filters for layer in first.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert widths == [8, 8, 8, 8, 16, 16, 16, 16]  # the fit's model (fer_vgg's two convs per stage), not the student's
+    kept = tmp_path / "ckpt" / "teachers" / "member2" / "member.keras"
+    made, out = kept.stat().st_mtime_ns, capsys.readouterr().out
+    assert "fitting 2 teachers first (convnet, seeds 5-6)" in out and "member 2 of 2, seed 6" in out
+    again, _ = distillation(p, splits, tmp_path / "ckpt", None)
+    np.testing.assert_array_equal(again, scores)
+    out = capsys.readouterr().out
+    assert kept.stat().st_mtime_ns == made and out.count("finished earlier") == 2
+    assert "the teachers' scores on 280 training faces: taken from" in out
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["train.distill.fit.count=2", "train.distill.weight=0.5"],
+     r"^train\.distill\.fit\.model: missing; train\.distill\.fit\.count = 2 needs the teachers' model section"),
+    (["train.distill.fit.count=1", "train.distill.weight=0.5", "+model@train.distill.fit.model=fer_vgg",
+      "train.distill.fit.model.name=vgg"], r"^train\.distill\.fit\.model\.name = 'vgg': must be one of seed_cnn,"),
+    (["train.distill.fit.count=1", "train.distill.weight=0.5", "+model@train.distill.fit.model=fer_vgg",
+      "train.distill.fit.model.filters=[8,-8]"], r"^train\.distill\.fit\.model\.filters"),
+    (["train.distill.fit.count=1", "+model@train.distill.fit.model=fer_vgg"],
+     r"^train\.distill\.weight = 0\.0: must be > 0 when teachers are given$"),
+    (["train.distill.fit.count=1", "train.distill.weight=0.5", "+model@train.distill.fit.model=fer_vgg",
+      "train.distill.teachers=[release:x]"], r"^train\.distill\.fit\.count = 1: must be 0 when teachers are given"),
+], ids=["no model", "unknown model", "bad model value", "no weight", "files and fitted"])
+def test_a_teacher_fit_that_cannot_work_fails_at_start_up_naming_the_key(overrides: list[str], message: str) -> None:
+    from pipeline.inference.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as info:
+        tiny(*overrides)
+    assert "\n" not in str(info.value)
 
 
 def test_a_committed_teacher_teaches_only_while_it_is_the_file_its_card_pins(splits, tmp_path: Path) -> None:

@@ -49,7 +49,22 @@ def parse_params(raw: DictConfig) -> Params:
     for section, spec in SECTIONS.items():
         schema = _pick_schema(raw.get(section), section, *spec) if isinstance(spec, tuple) else spec
         typed[section] = validate_section(raw.get(section), section, schema)
+    _teacher_model(typed["train"])
     return Params(**typed)
+
+
+def _teacher_model(train: TrainConfig) -> None:
+    """The teachers' model section (`train.distill.fit.model`), typed by the schema its `name` picks, like
+    `model`; only checked when teachers are fitted, so the default config needs none."""
+    fit, key = train.distill.fit, "train.distill.fit.model"
+    if not fit.count:
+        fit.model = None
+        return
+    if not isinstance(fit.model, dict):
+        raise ConfigError(f"{key}: missing; train.distill.fit.count = {fit.count} needs the teachers' model "
+                          "section (in a preset: `- /model@train.distill.fit.model: fer_vgg`)")
+    raw = OmegaConf.create(fit.model)
+    fit.model = validate_section(raw, key, _pick_schema(raw, key, "name", MODEL_SCHEMAS))
 
 
 def load_params(path: Path = PARAMS_FILE, overrides: list[str] | None = None) -> Params:

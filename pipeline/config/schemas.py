@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from pipeline.inference.contract import Family
 from pipeline.inference.detector_config import DETECTORS
@@ -183,6 +184,21 @@ class AugmentConfig:
 
 
 @dataclass
+class TeacherFitConfig:
+    """Teachers the train stage fits itself, before the student: `count` networks of `model` (a model section,
+    e.g. `- /model@train.distill.fit.model: fer_vgg` in a preset), seeds `seed`, `seed` + 1, ..., each for
+    `time_budget_min` with the student's own train settings and no distillation, their average scored through
+    `views`. So one `dvc exp run` rebuilds a release recipe end to end, teachers through student; a finished
+    teacher is kept in the run's checkpoint and not trained again after an interruption. 0 = none."""
+
+    count: int = bounded(ge=0)
+    seed: int = required()
+    time_budget_min: float = bounded(ge=0.0)
+    model: Any = None  # validated against the schema its `name` picks (pipeline/config/loading.py)
+    views: ViewsConfig = field(default_factory=lambda: ViewsConfig())
+
+
+@dataclass
 class DistillConfig:
     """Knowledge distillation: the targets mix the labels with the scores of teachers this pipeline trained.
 
@@ -190,13 +206,14 @@ class DistillConfig:
     bundled release by its name, `release:<release>` (so a fresh clone can distil from the shipped model;
     the name pins it, and a newer release fails the run rather than silently changing the teacher), or a
     committed teacher, `teacher:<name>` (`models/teachers/<name>/`, sha256-pinned by its card), so that an
-    ensemble can be gathered across sessions and hosts. Their
+    ensemble can be gathered across sessions and hosts; or they are fitted in the stage first (`fit`). Their
     averaged scores on each training face (softened by `temperature`) get `weight` in the targets.
     """
 
     teachers: list[str] = required()
     weight: float = bounded(ge=0.0, le=1.0)
     temperature: float = bounded(gt=0.0)
+    fit: TeacherFitConfig = field(default_factory=lambda: TeacherFitConfig())
 
     def check(self) -> str | None:
         for i, uri in enumerate(self.teachers):
@@ -206,7 +223,10 @@ class DistillConfig:
             if not uri.startswith("models:/") or not slash or not version.isdigit() or "@" in uri:
                 return (f"teachers[{i}] = {uri}: must be models:/<name>/<version> (an alias can move), "
                         "release:<release name> or teacher:<name> (a folder of models/teachers/)")
-        if self.teachers and not self.weight:
+        if self.teachers and self.fit.count:
+            return (f"fit.count = {self.fit.count}: must be 0 when teachers are given ({len(self.teachers)}): "
+                    "distil from files or from teachers fitted here, not both")
+        if (self.teachers or self.fit.count) and not self.weight:
             return "weight = 0.0: must be > 0 when teachers are given"
         return None
 
