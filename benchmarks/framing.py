@@ -5,7 +5,8 @@ faces, beside the same model on the original 48x48 crops.
 
 Makes a 640x480 video in which FER2013 faces (from the chosen split of the prepared data, `holdout` protocol)
 are pasted, 80-300 px wide (`--sizes`), on textured backgrounds and drift across the frame, one face per
-`--frames-per-face` frames; runs the runner on it (BlazeFace, with and without its tiles, the model by the
+`--frames-per-face` frames; runs the runner on it (BlazeFace, with and without its tiles, `--confident` the score
+that ends its search, the model by the
 resolution rule or `--model`, smoothing off so no face inherits the previous one's scores) and reports the
 share of frames whose face was found and the label accuracy on found faces, against the model's accuracy on
 the same faces' original crops. Tune on `--split val` (faces from Training), then report on `--split test`
@@ -73,6 +74,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.5], help="BlazeFace score thresholds")
     parser.add_argument("--tiles", nargs="+", default=["[2,3]", "[2]", "[]"],
                         help="BlazeFace's passes over tiles (times the scale) when a frame finds no face")
+    parser.add_argument("--confident", type=float, nargs="+", default=[0.6],
+                        help="BlazeFace keeps looking in the tiles unless a box scores this (at the threshold: only "
+                             "where nothing was found)")
     parser.add_argument("--sizes", type=int, nargs=2, default=[80, 300], metavar=("MIN", "MAX"),
                         help="face width in pixels, drawn per face (the issue's range: 80-300)")
     parser.add_argument("--out", type=Path, help="default: reports/framing (test), reports/framing-val (val)")
@@ -100,11 +104,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "faces.avi"
         truth = make_video(x, video, args.frames_per_face, seed=1, sizes=tuple(args.sizes))
-        settings = [(m, t, k) for t in args.threshold for m in args.margin for k in args.tiles]
-        for n, (margin, threshold, tiles) in enumerate(settings):
+        settings = [(m, t, k, c) for t in args.threshold for m in args.margin for k in args.tiles
+                    for c in args.confident]
+        for n, (margin, threshold, tiles, confident) in enumerate(settings):
             out = Path(tmp) / f"out-{n}.jsonl"  # one file per setting: the runner never overwrites one
             overrides = [f"source={video}", "display=false", f"output.json={out}", "smoothing=0",
-                         f"margin={margin}", f"detector.score_threshold={threshold}", f"detector.tiles={tiles}"]
+                         f"margin={margin}", f"detector.score_threshold={threshold}", f"detector.tiles={tiles}",
+                         f"detector.confident={confident}"]
             overrides += [f"model={args.model}"] if args.model else []
             stats = run(load_config(overrides))
             records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -116,11 +122,13 @@ def main() -> None:
                 right += bool(hit) and hit[0]["label"] == CLASSES[y[i]]
                 extra += len(record["faces"]) - len(hit[:1])  # boxes that are not the face
                 crops_right += bool(hit) and bool(crop_right[i])  # the crop's answer on the same found faces
-            rows.append({"margin": margin, "threshold": threshold, "tiles": tiles, "frames": len(records),
+            rows.append({"margin": margin, "threshold": threshold, "tiles": tiles, "confident": confident,
+                         "frames": len(records),
                          "detect_ms_mean": stats.table()["detect"]["mean_ms"],
                          "found": found / len(records), "label_accuracy_on_found": right / max(found, 1),
                          "false_boxes": extra, "crop_accuracy_on_found": crops_right / max(found, 1)})
-            print(f"margin {margin} threshold {threshold} tiles {tiles}: found {found}/{len(records)}, labels right on "
+            print(f"margin {margin} threshold {threshold} tiles {tiles} confident {confident}: "
+                  f"found {found}/{len(records)}, labels right on "
                   f"{right}/{found}, {extra} false boxes", flush=True)
     result = {"measured": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "split": args.split, "faces": len(y), "frames_per_face": args.frames_per_face, "sizes": args.sizes,
@@ -132,10 +140,10 @@ def main() -> None:
              f"{args.sizes[0]}-{args.sizes[1]} px wide on a textured 640x480 background for {args.frames_per_face} "
              f"frames, drifting; BlazeFace and {stats.model}, smoothing off.", "",
              f"The same model on the original 48x48 crops: **{crop_accuracy:.2%}**.", "",
-             "| margin | detector threshold | tiles | frames | face found | other boxes | detect ms (mean) "
+             "| margin | detector threshold | tiles | confident | frames | face found | other boxes | detect ms (mean) "
              "| label accuracy on found faces | the crops of the same faces | framing costs |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['margin']} | {r['threshold']} | {r['tiles']} | {r['frames']} | "
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['margin']} | {r['threshold']} | {r['tiles']} | {r['confident']} | {r['frames']} | "
               f"{r['found']:.1%} | {r['false_boxes']} | {r['detect_ms_mean']:.2f} | "
               f"{r['label_accuracy_on_found']:.2%} | {r['crop_accuracy_on_found']:.2%} | "
               f"{(r['label_accuracy_on_found'] - r['crop_accuracy_on_found']) * 100:+.1f} points |" for r in rows]

@@ -22,6 +22,7 @@ class BlazeFaceConfig:
     iou_threshold: float = bounded(gt=0.0, lt=1.0)
     threads: int = bounded(ge=1)
     tiles: list[int] = required()  # no face in the frame: look again in tiles at these times the scale
+    confident: float = bounded(gt=0.0, le=1.0)  # ... also when the best box found so far scores under this
 
 
 @dataclass

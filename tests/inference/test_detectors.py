@@ -208,8 +208,27 @@ def test_a_face_too_small_for_the_frame_pass_is_found_in_the_tiles(photo, centre
     assert contains(best, centre) and best.score > 0.8 and 30 < best.w < 80, faces
 
 
+def test_a_weak_box_does_not_stop_the_tiles_a_confident_one_does(photo) -> None:
+    """Two faces: one of 150 px that the frame pass finds (score > 0.9) and one of 50 px that only the tiles
+    find. A best box at or over `confident` ends the search, as on a webcam frame with one clear face; under
+    it, the tiles run too and every pass's boxes are kept (the framing benchmark's misses were frames whose
+    frame pass found only a weak box elsewhere)."""
+    side = int(2 * FACE_SIZE)  # the face and as much around it, cut out of the photo
+    x0, y0 = int(FACE_CENTRE[0] - side / 2), int(FACE_CENTRE[1] - side / 2)
+    patch = photo[max(y0, 0):y0 + side, x0:x0 + side]
+    frame = np.full((480, 640, 3), 128, dtype=np.uint8)
+    for (cx, cy), px in (((180, 240), 150), ((540, 90), 50)):
+        scaled = cv2.resize(patch, None, fx=px / FACE_SIZE, fy=px / FACE_SIZE, interpolation=cv2.INTER_AREA)
+        h, w = scaled.shape[:2]
+        frame[cy - h // 2:cy - h // 2 + h, cx - w // 2:cx - w // 2 + w] = scaled
+    confident = BlazeFaceDetector(tiles=(2,), confident=0.6).detect(frame)
+    assert len(confident) == 1 and contains(confident[0], (180, 240)) and confident[0].score > 0.9, confident
+    doubtful = BlazeFaceDetector(tiles=(2,), confident=0.99).detect(frame)
+    assert any(contains(f, (180, 240)) for f in doubtful) and any(contains(f, (540, 90)) for f in doubtful), doubtful
+
+
 def test_the_tiles_seldom_invent_a_face() -> None:
-    """The tiles look harder only where the frame found nothing, at the same threshold: on six frames of
+    """The tiles look harder only where the frame found no confident box, at the same threshold: on six frames of
     blurred noise they add at most one weak box (measured: one, score 0.56, at 3x), and none on a plain
     or too-small frame."""
     detector = BlazeFaceDetector()
