@@ -387,6 +387,8 @@ def distillation(params: Params, splits: tuple[Split, Split], checkpoint: Path,
                                                           cache=checkpoint / "teachers-val.npz")
     if val is not None:
         metrics["val/teachers_accuracy"] = float((val.argmax(1) == splits[1][1]).mean())
+        print(f"[train] the teachers averaged: val accuracy {metrics['val/teachers_accuracy']:.4f}, about the most "
+              "the student can reach")
     return scores, metrics
 
 
