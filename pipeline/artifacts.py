@@ -18,6 +18,7 @@ PREPARED_DIR = Path("data/prepared")
 PREPARED_REPORT = PREPARED_DIR / "report.json"
 KERAS_MODEL = Path("models/model.keras")
 CHECKPOINTS = Path("models/checkpoints")  # persist: true, keyed by what shapes the weights
+FITTED_TEACHERS = CHECKPOINTS / "teachers"  # train.distill.fit's teachers, keyed by what shapes them; kept after a run
 TFLITE_DIR = Path("models/tflite")
 TFLITE_LABELS = TFLITE_DIR / LABELS_FILE
 REGISTERED = Path("models/registered.json")  # name, version, run id of the version quantize registered

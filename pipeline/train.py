@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import artifacts, cli, plots, tracking
-from pipeline.config import Distribute, ModelConfig, Params, TrainConfig, load_params
+from pipeline.config import DistillConfig, Distribute, ModelConfig, Params, TrainConfig, ViewsConfig, load_params
 from pipeline.files import atomic_path, write_json
 from pipeline.fitting import (
     AtomicBackupAndRestore,
@@ -75,15 +75,28 @@ class TrainResult:
 
 def checkpoint_dir(params: Params, report: PreparedReport) -> Path:
     """A folder keyed by everything that shapes the weights (data, model, train params), so a stale
-    checkpoint can't be resumed; other checkpoints are deleted."""
+    checkpoint can't be resumed; other checkpoints are deleted (fitted teachers have their own folder)."""
     key = json.dumps({"data": report.digests, "model": str(params.model), "train": str(params.train)},
                      sort_keys=True)
-    path = artifacts.CHECKPOINTS / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if artifacts.CHECKPOINTS.exists():
-        for other in artifacts.CHECKPOINTS.iterdir():
-            if other != path:
-                print(f"[train] removing stale checkpoint {other} (made with other params or data)")
-                shutil.rmtree(other, ignore_errors=True)
+    return _only_folder(artifacts.CHECKPOINTS, hashlib.sha256(key.encode()).hexdigest()[:16],
+                        keep=artifacts.FITTED_TEACHERS)
+
+
+def fitted_teachers_dir(cfg: TrainConfig, report: PreparedReport) -> Path:
+    """Where `train.distill.fit`'s teachers are trained and kept, keyed by what shapes them (the data, their
+    model, seeds and time, the train settings they share with the student) and not by the student's own model,
+    distillation weight or temperature: those can be tried again without hours of teachers. Kept after the run
+    finishes; folders of other teachers are deleted."""
+    key = json.dumps({"data": report.digests, "train": str(teacher_config(cfg))}, sort_keys=True)
+    return _only_folder(artifacts.FITTED_TEACHERS, hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def _only_folder(parent: Path, name: str, keep: Path | None = None) -> Path:
+    path = parent / name
+    for other in parent.iterdir() if parent.exists() else []:
+        if other not in (path, keep):
+            print(f"[train] removing stale checkpoint {other} (made with other params or data)")
+            shutil.rmtree(other, ignore_errors=True)
     return path
 
 
@@ -313,23 +326,33 @@ def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str,
     return cached(cache, key, len(faces), what, score)
 
 
-def fit_teachers(model_cfg: ModelConfig, cfg: TrainConfig, train_split: Split, val_split: Split, checkpoint: Path,
+def teacher_config(cfg: TrainConfig) -> TrainConfig:
+    """The train settings of `train.distill.fit`'s teachers: the student's, with the fit's model, seeds and time,
+    as an ensemble of `count` members, and no distillation of their own."""
+    fit = cfg.distill.fit  # kept in `distill` with what does not shape the teachers zeroed: a folder's key
+    plain = DistillConfig(teachers=[], weight=0.0, temperature=1.0, fit=replace(
+        fit, count=0, seed=0, time_budget_min=0.0, views=ViewsConfig(flip=False, zoom=0)))
+    return replace(cfg, members=fit.count, seed=fit.seed, time_budget_min=fit.time_budget_min * fit.count,
+                   distill=plain)
+
+
+def fit_teachers(cfg: TrainConfig, train_split: Split, val_split: Split, folder: Path,
                  log: MetricsLogger | None = None) -> tuple[keras.Model, dict[str, float]]:
-    """Train `train.distill.fit`'s teachers (`train_members` with their model, seeds and time, no distillation)
-    and return their average seen through the fit's views, with their figures under `teachers/`."""
+    """Train `train.distill.fit`'s teachers (`train_members` with `teacher_config`) in `folder`, or take the
+    finished ones from it, and return their average seen through the fit's views, with their figures under
+    `teachers/`."""
     fit = cfg.distill.fit
-    teacher_cfg = replace(cfg, members=fit.count, seed=fit.seed, time_budget_min=fit.time_budget_min * fit.count,
-                          distill=replace(cfg.distill, teachers=[], weight=0.0, fit=replace(fit, count=0)))
     print(f"[train] fitting {fit.count} teacher{'s' * (fit.count > 1)} first ({fit.model.name}, seeds "
-          f"{fit.seed}-{fit.seed + fit.count - 1}), then the student")
-    result = train_members(fit.model, teacher_cfg, train_split, val_split, checkpoint, log, keep=True)
+          f"{fit.seed}-{fit.seed + fit.count - 1}) in {folder}, then the student")
+    result = train_members(fit.model, teacher_config(cfg), train_split, val_split, folder, log, keep=True)
     return with_views(result.model, fit.views), {f"teachers/{k}": v for k, v in result.metrics.items()}
 
 
-def fitted_teacher_scores(teacher: keras.Model, faces: np.ndarray, cache: Path, what: str) -> np.ndarray:
-    """The fitted teachers' scores on `faces` (float32 Keras), kept in `cache` with the faces' digest: they
-    cost minutes with four views, and the teachers in the checkpoint folder are the ones this run trained."""
-    key = np.array([hashlib.sha256(faces.tobytes()).hexdigest()])
+def fitted_teacher_scores(teacher: keras.Model, views: ViewsConfig, faces: np.ndarray, cache: Path,
+                          what: str) -> np.ndarray:
+    """The fitted teachers' scores on `faces` (float32 Keras), kept in `cache` with the views and the faces'
+    digest: they cost minutes with four views, and the teachers in that folder are the ones it keeps."""
+    key = np.array([str(views), hashlib.sha256(faces.tobytes()).hexdigest()])
     return cached(cache, key, len(faces), what, lambda: teacher.predict(
         faces[..., None].astype(np.float32), batch_size=256, verbose=0))
 
@@ -365,21 +388,24 @@ def log(result: TrainResult) -> None:
         mlflow.log_artifact(str(path), folder)
 
 
-def distillation(params: Params, splits: tuple[Split, Split], checkpoint: Path,
-                 log: MetricsLogger | None) -> tuple[np.ndarray | None, dict[str, float]]:
+def distillation(params: Params, splits: tuple[Split, Split], checkpoint: Path, log: MetricsLogger | None,
+                 teachers_folder: Path | None = None) -> tuple[np.ndarray | None, dict[str, float]]:
     """The teachers' averaged scores on the faces the student fits (None: no distillation), and the figures to
     log beside the student's: the teachers' average on val (about the most the student can reach) and, when
-    fitted here, the teachers' own. Scores are kept in `checkpoint`, so a resumed run does not score again."""
+    fitted here (in `teachers_folder`), the teachers' own. Scores are kept beside the teachers (or in
+    `checkpoint`), so a resumed run does not score again."""
     distill, cfg = params.train.distill, params.train
     if not distill.teachers and not distill.fit.count:
         return None, {}
     fitted = np.concatenate([splits[0][0], splits[1][0]]) if cfg.include_val else splits[0][0]
     metrics: dict[str, float] = {}
     if distill.fit.count:
-        teacher, metrics = fit_teachers(params.model, cfg, *splits, checkpoint / "teachers", log)
-        scores = fitted_teacher_scores(teacher, fitted, checkpoint / "teachers-train.npz", "training faces")
-        val = None if cfg.include_val else fitted_teacher_scores(teacher, splits[1][0],
-                                                                 checkpoint / "teachers-val.npz", "val faces")
+        folder = teachers_folder or checkpoint / "teachers"
+        teacher, metrics = fit_teachers(cfg, *splits, folder, log)
+        views = distill.fit.views
+        scores = fitted_teacher_scores(teacher, views, fitted, folder / "scores-train.npz", "training faces")
+        val = None if cfg.include_val else fitted_teacher_scores(teacher, views, splits[1][0],
+                                                                 folder / "scores-val.npz", "val faces")
     else:
         uri = tracking.tracking_uri(params.mlflow)
         scores = teacher_scores(distill.teachers, fitted, uri, cache=checkpoint / "teachers-train.npz")
@@ -397,9 +423,11 @@ def main() -> None:
     report = read_report()
     splits = load_split("train"), load_split("val")
     checkpoint = checkpoint_dir(params, report)
+    teachers_folder = fitted_teachers_dir(params.train, report) if params.train.distill.fit.count else None
     try:
         with tracking.stage_run("train", params):
-            teachers, teacher_metrics = distillation(params, splits, checkpoint, tracking.log_teacher_step_metrics)
+            teachers, teacher_metrics = distillation(params, splits, checkpoint, tracking.log_teacher_step_metrics,
+                                                     teachers_folder)
             result = train_members(params.model, params.train, *splits, checkpoint, tracking.log_step_metrics,
                                    teachers)
             result.metrics |= teacher_metrics
@@ -408,8 +436,9 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: where it stopped and how to go on, in one line
         done = read_history(checkpoint / "history.csv")
         where = (f"after epoch {done[-1]['epoch'] if done else 0} of {params.train.epochs}"
-                 if done or not (checkpoint / "teachers").exists() else "while fitting the teachers")
-        print(f"[train] interrupted {where}; the same command resumes from {checkpoint}", file=sys.stderr)
+                 if done or teachers_folder is None else "while fitting the teachers")
+        print(f"[train] interrupted {where}; the same command resumes from "
+              f"{checkpoint if done or teachers_folder is None else teachers_folder}", file=sys.stderr)
         raise SystemExit(130) from None
     except Diverged as e:  # the run is FAILED; no model file, nothing for quantize to register
         raise SystemExit(f"error: [train] {e}; no model was written") from None

@@ -94,6 +94,34 @@ def test_a_checkpoint_is_keyed_by_data_model_and_train_params_only(tmp_path: Pat
     assert folder(digests={"train": "other", "val": "b", "test": "c"}) != base
 
 
+def test_fitted_teachers_are_keyed_by_what_shapes_them_and_outlive_the_students_checkpoints(tmp_path: Path,
+                                                                                           monkeypatch) -> None:
+    """Teachers cost hours (`fer2013_release`: three of 115 minutes), so trying the student with another network,
+    weight, temperature or teachers' views must find them again; their own recipe or the data must not."""
+    from pipeline.train import fitted_teachers_dir
+
+    monkeypatch.chdir(tmp_path)
+    report = PreparedReport("synthetic", "x", "holdout", {}, [], {}, {"train": "a", "val": "b", "test": "c"})
+
+    def folder(*overrides: str, digests: dict | None = None) -> Path:
+        r = PreparedReport(**{**report.__dict__, "digests": digests or report.digests})
+        return fitted_teachers_dir(params("experiment=fer2013_release", "data=synthetic", *overrides).train, r)
+
+    base = folder()
+    assert base.parent == Path("models/checkpoints/teachers")
+    assert folder("model.filters=[16,32,64,128]", "train.distill.weight=0.7", "train.distill.temperature=4",
+                  "train.distill.fit.views.zoom=0") == base
+    for other in (["train.distill.fit.seed=1"], ["train.distill.fit.count=2"], ["train.distill.fit.time_budget_min=60"],
+                  ["train.distill.fit.model.dropout=0.1"], ["train.lr=0.001"]):
+        assert folder(*other) != base, other
+    assert folder(digests={"train": "other", "val": "b", "test": "c"}) != base
+    base.mkdir(parents=True)
+    checkpoint_dir(params(), report)  # a student's checkpoint: the teachers stay
+    assert base.is_dir()
+    folder("train.distill.fit.seed=1")  # other teachers: these are stale now
+    assert not base.exists()
+
+
 def test_a_stale_checkpoint_folder_is_removed(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     stale = tmp_path / "models" / "checkpoints" / "0123456789abcdef"
