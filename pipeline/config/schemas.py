@@ -189,7 +189,8 @@ class TeacherFitConfig:
     e.g. `- /model@train.distill.fit.model: fer_vgg` in a preset), seeds `seed`, `seed` + 1, ..., each for
     `time_budget_min` with the student's own train settings and no distillation, their average scored through
     `views`. So one `dvc exp run` rebuilds a release recipe end to end, teachers through student; a finished
-    teacher is kept in the run's checkpoint and not trained again after an interruption. 0 = none."""
+    teacher is kept (models/checkpoints/teachers/) and not trained again after an interruption, nor for another
+    student. 0 = none."""
 
     count: int = bounded(ge=0)
     seed: int = required()
