@@ -345,6 +345,7 @@ def fit_teachers(cfg: TrainConfig, train_split: Split, val_split: Split, folder:
     print(f"[train] fitting {fit.count} teacher{'s' * (fit.count > 1)} first ({fit.model.name}, seeds "
           f"{fit.seed}-{fit.seed + fit.count - 1}) in {folder}, then the student")
     result = train_members(fit.model, teacher_config(cfg), train_split, val_split, folder, log, keep=True)
+    keras.mixed_precision.set_global_policy("float32")  # the views' layers score in float32, as the members do
     return with_views(result.model, fit.views), {f"teachers/{k}": v for k, v in result.metrics.items()}
 
 
