@@ -305,7 +305,8 @@ def teacher_scores(teachers: list[str], faces: np.ndarray, tracking_uri: str,
 
     With `cache` (a file in the run's checkpoint folder), the scores are kept there with the teachers' sha256
     and the faces' digest, so that a resumed distillation does not score every face again: three teachers of
-    320 M MACs took 3 minutes per start on Intel AMX and 8 on an AVX2-only Zen 3, before the first epoch.
+    320 M MACs took 3 minutes per start on Intel AMX and 11 on an AVX2-only Zen 3 (cores partly shared),
+    before the first epoch.
     """
     from pipeline.inference.classifier import ModelError, TFLiteClassifier, usable_cores
     from pipeline.inference.registry import sha256_of, teacher
