@@ -437,10 +437,11 @@ def main() -> None:
             log(result)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: where it stopped and how to go on, in one line
         done = read_history(checkpoint / "history.csv")
-        where = (f"after epoch {done[-1]['epoch'] if done else 0} of {params.train.epochs}"
-                 if done or teachers_folder is None else "while fitting the teachers")
-        print(f"[train] interrupted {where}; the same command resumes from "
-              f"{checkpoint if done or teachers_folder is None else teachers_folder}", file=sys.stderr)
+        if teachers_folder is not None and not done:  # stopped before the student's first epoch
+            where, folder = "while fitting the teachers", teachers_folder
+        else:
+            where, folder = f"after epoch {done[-1]['epoch'] if done else 0} of {params.train.epochs}", checkpoint
+        print(f"[train] interrupted {where}; the same command resumes from {folder}", file=sys.stderr)
         raise SystemExit(130) from None
     except Diverged as e:  # the run is FAILED; no model file, nothing for quantize to register
         raise SystemExit(f"error: [train] {e}; no model was written") from None
